@@ -1,0 +1,462 @@
+"""The functional core: statistics -> normalize -> update running statistics.
+
+Every module and variant in the package calls :func:`batch_norm` (or the three steps it
+is made of); the math lives here once. Equation numbers refer to ``docs/math.md``.
+
+For each channel ``c`` (the entries of ``input`` along ``axis``), over the ``m`` values
+of every other axis (batch and spatial positions alike)::
+
+    mean    = sum(x) / m                                   (eq. 1)
+    var     = sum((x - mean)^2) / m          (biased)      (eq. 2)
+    inv_std = 1 / sqrt(var + eps)
+    x_hat   = (x - mean) * inv_std                         (eq. 3)
+    y       = gamma * x_hat + beta                         (eq. 4)
+
+and in training the running statistics move towards the batch's (PyTorch convention)::
+
+    running = (1 - momentum) * running + momentum * batch_stat           (eq. 12)
+    running_var stores the unbiased var * m / (m - 1) by default          (eq. 13)
+
+with ``momentum=None`` a cumulative average, ``running += (batch - running) / n``
+(eq. 14), ``n`` the number of batches so far including this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import kernels
+from .kernels._native import acc_dtype, per_channel, reduce_dims
+
+__all__ = [
+    "batch_norm",
+    "batch_stats",
+    "update_running_stats",
+    "moments",
+    "batch_normalization",
+]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _normalize_axis(axis: int, ndim: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"channel axis {axis} is out of range for an input of rank {ndim}; "
+            f"use an axis in [{-ndim}, {ndim - 1}] (1 for NCHW, -1 for channels-last/Keras)"
+        )
+    return axis % ndim
+
+
+def _check_inputs(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float | None,
+    eps: float,
+    axis: int,
+) -> int:
+    """Validate shapes, dtypes, devices and hyper-parameters; return the axis, non-negative.
+
+    Only metadata is read: no value of any tensor, so no host synchronisation.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(
+            f"batch_norm expects a floating-point input, got dtype={input.dtype}; "
+            "convert it first, e.g. x.float()"
+        )
+    if input.ndim < 2:
+        raise ValueError(
+            f"batch_norm expects an input of rank >= 2 (batch, channels, ...), got shape "
+            f"{tuple(input.shape)}; add a batch axis, e.g. x.unsqueeze(0)"
+        )
+    axis = _normalize_axis(axis, input.ndim)
+    if not eps > 0:
+        raise ValueError(
+            f"eps must be > 0 (it keeps 1/sqrt(var + eps) finite for a constant channel), got {eps}; "
+            "PyTorch's default is 1e-5, Keras's 1e-3"
+        )
+    if momentum is not None and not 0.0 <= momentum <= 1.0:
+        raise ValueError(
+            f"momentum must be in [0, 1] or None (cumulative average), got {momentum}; in the PyTorch "
+            "convention it is the weight of the new batch (default 0.1): Keras's momentum m is 1 - m here"
+        )
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together or both be None")
+    if not training and running_mean is None:
+        raise ValueError(
+            "batch_norm in evaluation mode (training=False) needs running_mean and running_var; "
+            "pass them, or use training=True to normalize with the batch's own statistics"
+        )
+    channels = input.shape[axis]
+    for name, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t.numel() != channels:
+            raise ValueError(
+                f"{name} has {t.numel()} entries (shape {tuple(t.shape)}) but the input of shape "
+                f"{tuple(input.shape)} has {channels} channels along axis {axis}; give one value per "
+                "channel, or pick the right channel axis (axis=1 for NCHW, axis=-1 for channels-last)"
+            )
+        if t.device != input.device:
+            raise ValueError(
+                f"{name} is on {t.device} but the input is on {input.device}; "
+                f"move them to one device, e.g. module.to({str(input.device)!r})"
+            )
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got dtype={t.dtype}")
+    if training and input.numel() > 0 and input.numel() // channels == 1:
+        raise ValueError(
+            f"batch_norm in training needs more than one value per channel, but the input of shape "
+            f"{tuple(input.shape)} has exactly 1 value per channel (axis {axis}): a batch of one "
+            "sample normalizes every feature to beta. Use a batch of at least 2, or call "
+            "model.eval() to normalize with the running statistics"
+        )
+    return axis
+
+
+# --------------------------------------------------------------------------- step 1: statistics
+
+
+def batch_stats(input: Tensor, axis: int = 1) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of ``input`` (eq. 1-2), without autograd.
+
+    Accumulated in float32 (float64 for float64 input) with a stable reduction, never as
+    ``E[x^2] - E[x]^2``.
+
+    Args:
+        input: tensor of rank >= 2.
+        axis: channel axis.
+
+    Returns:
+        ``(mean, var)``, each of shape ``(C,)``.
+    """
+    axis = _normalize_axis(axis, input.ndim)
+    with torch.no_grad():
+        return kernels.get(input, axis).stats(input, axis)
+
+
+# --------------------------------------------------------------------------- step 3: running update
+
+
+def update_running_stats(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    count: int,
+    momentum: float | Tensor | None = 0.1,
+    *,
+    num_batches_tracked: Tensor | None = None,
+    store_unbiased: bool = True,
+    skipped_updates: Tensor | None = None,
+) -> None:
+    """Move the running statistics towards a batch's, in place (eq. 12-14).
+
+    ``running = (1 - momentum) * running + momentum * batch`` (PyTorch's convention: momentum
+    weighs the *new* value), and for ``momentum=None`` the cumulative average
+    ``running += (batch - running) / n`` with ``n = num_batches_tracked`` after this batch.
+    ``running_var`` receives ``var * count / (count - 1)`` (unbiased) if ``store_unbiased``,
+    else the biased ``var`` (Keras/Flax).
+
+    A batch whose statistics are not all finite leaves every buffer untouched and adds one to
+    ``skipped_updates``; the decision is made on the device (``torch.where``), with no host
+    synchronisation.
+
+    Args:
+        running_mean, running_var: buffers of shape (C,), updated in place.
+        mean, var: the batch's mean and biased variance, shape (C,).
+        count: number of values per channel behind ``mean`` and ``var``.
+        momentum: weight of the batch statistics, or None for a cumulative average.
+        num_batches_tracked: scalar counter, incremented in place for a finite batch.
+        store_unbiased: store the unbiased (True, PyTorch) or biased (False) variance.
+        skipped_updates: scalar counter of non-finite batches, incremented in place.
+
+    Raises:
+        ValueError: ``momentum=None`` without ``num_batches_tracked``.
+    """
+    if momentum is None and num_batches_tracked is None:
+        raise ValueError(
+            "momentum=None (cumulative average) needs num_batches_tracked to know how many "
+            "batches have been averaged; pass the module's num_batches_tracked buffer"
+        )
+    with torch.no_grad():
+        ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(ok.to(num_batches_tracked.dtype))
+        if skipped_updates is not None:
+            skipped_updates.add_((~ok).to(skipped_updates.dtype))
+        if momentum is None:
+            # (eq. 14) as an EMA with factor 1/n; clamp keeps 1/0 out of a skipped first batch.
+            factor = 1.0 / num_batches_tracked.clamp(min=1).to(running_mean.dtype)
+        else:
+            factor = momentum
+        # (eq. 13) Bessel's correction; count >= 2 is guaranteed by the training check.
+        batch_var = var * (count / (count - 1)) if store_unbiased and count > 1 else var
+        new_mean = factor * mean.to(running_mean.dtype) + (1 - factor) * running_mean
+        new_var = factor * batch_var.to(running_var.dtype) + (1 - factor) * running_var
+        running_mean.copy_(torch.where(ok, new_mean, running_mean))
+        running_var.copy_(torch.where(ok, new_var, running_var))
+
+
+# --------------------------------------------------------------------------- step 2: normalize (+ autograd)
+
+
+def _scale_shift(
+    inv_std: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``scale = gamma * inv_std`` and ``shift = beta`` in the statistics' dtype."""
+    scale = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
+    shift = torch.zeros_like(inv_std) if bias is None else bias.to(inv_std.dtype)
+    return scale, shift
+
+
+class _BatchNormTrain(torch.autograd.Function):
+    """Batch statistics forward (eq. 1-4) with the closed-form backward (eq. 9-11)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int):
+        kern = kernels.get(x, axis)
+        count = x.numel() // x.shape[axis]
+        if count == 0:
+            # An empty batch: nothing to normalize, no statistics to trust.
+            mean = x.new_zeros(x.shape[axis], dtype=torch.float64)
+            var = x.new_full((x.shape[axis],), float("nan"), dtype=acc_dtype(x.dtype))
+            inv_std = torch.zeros_like(var)
+            y = x.clone()
+        else:
+            mean, var = kern.stats(x, axis)
+            inv_std = torch.rsqrt(var + eps)
+            scale, shift = _scale_shift(inv_std, weight, bias)
+            y = kern.normalize(x, axis, mean, scale, shift)
+        ctx.save_for_backward(x, weight, mean, inv_std)
+        ctx.axis, ctx.eps, ctx.count = axis, eps, count
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy: Tensor, _dmean: Tensor | None, _dvar: Tensor | None):
+        x, weight, mean, inv_std = ctx.saved_tensors
+        axis, m = ctx.axis, ctx.count
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if m == 0:
+            zeros = lambda t: None if t is None else torch.zeros_like(t)  # noqa: E731
+            return (dy.clone() if need_x else None, zeros(weight) if need_w else None,
+                    zeros(weight) if need_b else None, None, None)
+        if torch.is_grad_enabled():
+            # create_graph=True: recompute the statistics from x with differentiable ops so the
+            # double backward sees how mean and inv_std depend on x.
+            kern = kernels.NATIVE
+            mean, var = kern.stats(x, axis)
+            inv_std = torch.rsqrt(var + ctx.eps)
+        else:
+            kern = kernels.get(x, axis)
+        sum_dy, sum_dy_xmu = kern.backward_reduce(dy, x, axis, mean)
+        grad_x = grad_w = grad_b = None
+        if need_w:
+            grad_w = (sum_dy_xmu * inv_std).to(weight.dtype)  # (eq. 9) sum(dy * x_hat)
+        if need_b:
+            grad_b = sum_dy.to(weight.dtype if weight is not None else dy.dtype)  # (eq. 10)
+        if need_x:
+            k = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
+            # (eq. 11) dx = k * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
+            grad_x = kern.backward_elemt(dy, x, axis, mean, k, sum_dy / m, sum_dy_xmu / m * inv_std * inv_std)
+        return grad_x, grad_w, grad_b, None, None
+
+
+class _BatchNormEval(torch.autograd.Function):
+    """Fixed-statistics forward, one affine map per channel (eq. 15), and its backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps: float, axis: int):
+        kern = kernels.get(x, axis)
+        mean = running_mean.to(torch.float64)
+        inv_std = torch.rsqrt(running_var.to(acc_dtype(x.dtype)) + eps)
+        scale, shift = _scale_shift(inv_std, weight, bias)
+        ctx.save_for_backward(x, weight, mean, inv_std)
+        ctx.axis = axis
+        return kern.normalize(x, axis, mean, scale, shift)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, weight, mean, inv_std = ctx.saved_tensors
+        axis = ctx.axis
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        kern = kernels.NATIVE if torch.is_grad_enabled() else kernels.get(x, axis)
+        grad_x = grad_w = grad_b = None
+        if need_w or need_b:
+            sum_dy, sum_dy_xmu = kern.backward_reduce(dy, x, axis, mean)
+            if need_w:
+                grad_w = (sum_dy_xmu * inv_std).to(weight.dtype)
+            if need_b:
+                grad_b = sum_dy.to(weight.dtype if weight is not None else dy.dtype)
+        if need_x:
+            k = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
+            zero = torch.zeros_like(k)
+            grad_x = kern.backward_elemt(dy, x, axis, mean, k, zero, zero)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    *,
+    axis: int = 1,
+    num_batches_tracked: Tensor | None = None,
+    store_unbiased: bool = True,
+    skipped_updates: Tensor | None = None,
+) -> Tensor:
+    """Batch normalization with the semantics of :func:`torch.nn.functional.batch_norm`.
+
+    Training (``training=True``) normalizes with the batch's statistics over every axis but
+    ``axis``::
+
+        y = (x - mean_B) / sqrt(var_B + eps) * weight + bias        (eq. 1-4, var biased)
+
+    and, if running statistics are given, updates them in place::
+
+        running = (1 - momentum) * running + momentum * batch_stat  (eq. 12)
+
+    storing the unbiased variance ``var_B * m / (m - 1)`` unless ``store_unbiased=False``.
+    Evaluation uses the running statistics: one fixed affine map per channel (eq. 15).
+    The gradient is the closed form of eq. 9-11, not autograd over primitive ops; double
+    backward works.
+
+    Args:
+        input: tensor of rank >= 2 with channels along ``axis``.
+        running_mean, running_var: (C,) buffers or None (then training must be True).
+        weight, bias: gamma and beta, (C,) or None (gamma = 1, beta = 0).
+        training: use (and update) batch statistics instead of the running ones.
+        momentum: PyTorch convention, the weight of the new batch; None = cumulative average
+            (needs ``num_batches_tracked``).
+        eps: added to the variance inside the square root; must be > 0.
+        axis: keyword-only, the channel axis (1 for NCHW, -1 for channels-last/Keras).
+        num_batches_tracked: keyword-only scalar counter incremented for each finite update.
+        store_unbiased: keyword-only; store the unbiased (PyTorch) or biased (Keras, Flax)
+            batch variance in ``running_var``.
+        skipped_updates: keyword-only scalar counter of updates skipped because the batch
+            statistics were not finite (running statistics are never overwritten with NaN/inf).
+
+    Shape:
+        input (N, C, *) for ``axis=1``; output the same shape and dtype as input.
+
+    Returns:
+        The normalized tensor.
+
+    Raises:
+        TypeError: non-tensor or non-floating input or parameters.
+        ValueError: rank < 2, axis out of range, a parameter with the wrong number of
+            channels or on another device, eps <= 0, momentum outside [0, 1], one value per
+            channel in training, missing running statistics in evaluation.
+
+    Example:
+        >>> x = torch.randn(8, 3, 4, 4)
+        >>> rm, rv = torch.zeros(3), torch.ones(3)
+        >>> y = batch_norm(x, rm, rv, training=True)
+    """
+    axis = _check_inputs(input, running_mean, running_var, weight, bias, training, momentum, eps, axis)
+    if training:
+        y, mean, var = _BatchNormTrain.apply(input, weight, bias, eps, axis)
+        if running_mean is not None and input.numel() > 0:
+            update_running_stats(
+                running_mean,
+                running_var,
+                mean,
+                var,
+                input.numel() // input.shape[axis],
+                momentum,
+                num_batches_tracked=num_batches_tracked,
+                store_unbiased=store_unbiased,
+                skipped_updates=skipped_updates,
+            )
+        return y
+    return _BatchNormEval.apply(input, weight, bias, running_mean, running_var, eps, axis)
+
+
+# --------------------------------------------------------------------------- TF-style pieces
+
+
+def moments(x: Tensor, axes: Sequence[int], keepdims: bool = False) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of ``x`` over ``axes``, as ``tf.nn.moments``.
+
+    Computed stably (Welford/Chan, float32 accumulation for half inputs) and returned in
+    ``x``'s dtype. Differentiable.
+
+    Args:
+        x: a floating-point tensor.
+        axes: the axes to reduce, e.g. ``[0]`` for (N, C) or ``[0, 1, 2]`` for NHWC.
+        keepdims: keep the reduced axes with size 1.
+
+    Returns:
+        ``(mean, variance)``.
+
+    Example:
+        >>> mean, var = moments(torch.randn(8, 4, 4, 3), axes=[0, 1, 2])
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"moments expects a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+    axes = tuple(_normalize_axis(a, x.ndim) for a in axes)
+    if not axes:
+        raise ValueError("moments needs at least one axis to reduce over, got axes=[]")
+    var, mean = torch.var_mean(x.to(acc_dtype(x.dtype)), dim=axes, correction=0, keepdim=keepdims)
+    return mean.to(x.dtype), var.to(x.dtype)
+
+
+def batch_normalization(
+    x: Tensor,
+    mean: Tensor,
+    variance: Tensor,
+    offset: Tensor | None,
+    scale: Tensor | None,
+    variance_epsilon: float,
+) -> Tensor:
+    """``(x - mean) / sqrt(variance + variance_epsilon) * scale + offset``, as ``tf.nn.batch_normalization``.
+
+    Statistics are given, not computed: this is the normalize step alone, with broadcasting.
+    Unlike TensorFlow's ``x * inv + (offset - mean * inv)``, the mean is subtracted first,
+    which keeps digits when ``|mean| >> std`` (eq. 16).
+
+    Args:
+        x: input tensor.
+        mean, variance: tensors broadcastable to ``x`` (e.g. from :func:`moments` with keepdims).
+        offset: beta, broadcastable to ``x``, or None.
+        scale: gamma, broadcastable to ``x``, or None.
+        variance_epsilon: added to the variance; must be > 0.
+
+    Returns:
+        The normalized tensor, in ``x``'s dtype.
+    """
+    if not variance_epsilon > 0:
+        raise ValueError(f"variance_epsilon must be > 0, got {variance_epsilon} (Keras's default is 1e-3)")
+    inv = torch.rsqrt(variance + variance_epsilon)
+    if scale is not None:
+        inv = inv * scale
+    y = (x - mean) * inv
+    return y + offset if offset is not None else y
+
+
+# Re-exported for the shells built on the three steps.
+_reduce_dims = reduce_dims
+_per_channel = per_channel

@@ -1,0 +1,89 @@
+"""Per-device implementations of the four batch-norm primitives, behind one interface.
+
+Every normalizing path in the package goes through these four functions; a faster
+implementation for a device registers itself with :func:`register` and is chosen by
+:func:`get` from the input's device. The portable implementation in ``_native.py``
+(torch ops only) is always there and is the fallback for anything a faster kernel
+does not support.
+
+The primitives, per channel ``c`` over the reduction set ``R`` (every axis but ``axis``),
+``m = |R|`` (equation numbers refer to ``docs/math.md``):
+
+- ``stats(x, axis) -> (mean, var)``: ``mean_c = sum_R x / m`` (eq. 1), returned in float64,
+  and the *biased* ``var_c = sum_R (x - mean_c)^2 / m`` (eq. 2) in the accumulation dtype
+  (float64 for float64 input, else float32), computed stably.
+- ``normalize(x, axis, mean, scale, shift) -> y``: ``y = (x - mean) * scale + shift``
+  (eq. 3-4 with ``scale = gamma * inv_std``). Every ``x - mean`` is taken with the float64
+  mean split into ``hi + lo`` as ``(x - hi) - lo``, so ``|mean| >> std`` loses no digits
+  (eq. 16; ``_native.center``).
+- ``backward_reduce(dy, x, axis, mean) -> (sum_dy, sum_dy_xmu)``: ``sum_R dy`` and
+  ``sum_R dy * (x - mean)``.
+- ``backward_elemt(dy, x, axis, mean, k, mean_dy, proj) -> dx``:
+  ``dx = k * (dy - mean_dy - (x - mean) * proj)`` (eq. 11).
+
+``mean`` is always float64; ``scale``, ``shift``, ``k``, ``mean_dy`` and ``proj`` are in the
+accumulation dtype. A kernel set declines an input through ``supports`` (:class:`Kernels`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import _native
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """A set of the four primitives for one device type.
+
+    ``supports(x, axis)`` says whether this set handles the input (dtype, layout,
+    device); where it returns False the native set is used instead, with identical
+    results up to rounding.
+    """
+
+    name: str
+    supports: Callable[[torch.Tensor, int], bool]
+    stats: Callable
+    normalize: Callable
+    backward_reduce: Callable
+    backward_elemt: Callable
+
+
+NATIVE = Kernels(
+    name="native",
+    supports=lambda x, axis: True,
+    stats=_native.stats,
+    normalize=_native.normalize,
+    backward_reduce=_native.backward_reduce,
+    backward_elemt=_native.backward_elemt,
+)
+
+_REGISTRY: dict[str, Kernels] = {}
+_ENABLED = True
+
+
+def register(device_type: str, kernels: Kernels) -> None:
+    """Register a faster kernel set for ``device_type`` ("cpu", "cuda")."""
+    _REGISTRY[device_type] = kernels
+
+
+def set_enabled(enabled: bool) -> bool:
+    """Turn the fast kernels on or off globally; returns the previous setting."""
+    global _ENABLED
+    previous, _ENABLED = _ENABLED, bool(enabled)
+    return previous
+
+
+def get(x: torch.Tensor, axis: int) -> Kernels:
+    """The kernel set for ``x``: the registered one for its device if it supports ``x``."""
+    if _ENABLED:
+        fast = _REGISTRY.get(x.device.type)
+        if fast is not None and fast.supports(x, axis):
+            return fast
+    return NATIVE
+
+
+__all__ = ["Kernels", "NATIVE", "register", "set_enabled", "get"]

@@ -1,0 +1,99 @@
+"""The portable implementation of the four primitives, in torch ops.
+
+It runs on every device and dtype, is differentiable (the double backward of the core
+op is built from it), and is the fallback of every faster kernel. Equation numbers
+refer to ``docs/math.md``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 input, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def reduce_dims(ndim: int, axis: int) -> tuple[int, ...]:
+    """Every axis but the channel axis (``axis`` already non-negative)."""
+    return tuple(d for d in range(ndim) if d != axis)
+
+
+def per_channel(v: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+    """View a (C,) vector so that it broadcasts along ``axis`` of a rank-``ndim`` tensor."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def center(x: torch.Tensor, axis: int, mean: torch.Tensor) -> torch.Tensor:
+    """``x - mean`` per channel in the accumulation dtype, without losing digits of the mean.
+
+    ``mean`` is float64; it is split into ``hi + lo`` in the accumulation dtype and the
+    difference is taken as ``(x - hi) - lo`` (eq. 16). ``x - hi`` is exact when x is within a
+    factor 2 of ``hi`` (Sterbenz), which is the |mean| >> std case where a single-precision
+    mean would shift every output by up to ulp(mean) / (2 std).
+    """
+    acc = acc_dtype(x.dtype)
+    hi = mean.to(acc)
+    x_mu = x.to(acc) - per_channel(hi, x.ndim, axis)
+    if acc != mean.dtype:
+        lo = (mean - hi.to(mean.dtype)).to(acc)
+        x_mu = x_mu - per_channel(lo, x.ndim, axis)
+    return x_mu
+
+
+def stats(x: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean (eq. 1, float64) and biased variance (eq. 2, accumulation dtype).
+
+    Shifted by one sample per channel, ``K``: ``x - K`` has the variance of ``x``, is exact
+    when x is near K, and its mean is small, so ``mean = K + mean(x - K)`` keeps the digits
+    a float32 mean of 1e4 would drop. ``torch.var_mean`` is a Welford/Chan reduction: a
+    constant channel gives var == 0 and mean == K exactly. Differentiable in ``x``.
+    """
+    acc = acc_dtype(x.dtype)
+    dims = reduce_dims(x.ndim, axis)
+    xa = x.to(acc)
+    k = xa[tuple(slice(None) if d == axis else 0 for d in range(x.ndim))]  # (C,)
+    var, mean_d = torch.var_mean(xa - per_channel(k, x.ndim, axis), dim=dims, correction=0)
+    return k.to(torch.float64) + mean_d.to(torch.float64), var
+
+
+def normalize(
+    x: torch.Tensor, axis: int, mean: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """``y = (x - mean) * scale + shift`` per channel (eq. 3-4), output in x's dtype.
+
+    The mean is subtracted before scaling: ``x * scale + (shift - mean * scale)`` loses
+    every digit of a channel whose |mean| is much larger than its std (eq. 16).
+    """
+    acc = acc_dtype(x.dtype)
+    pc = lambda v: per_channel(v.to(acc), x.ndim, axis)  # noqa: E731
+    return torch.addcmul(pc(shift), center(x, axis, mean), pc(scale)).to(x.dtype)
+
+
+def backward_reduce(
+    dy: torch.Tensor, x: torch.Tensor, axis: int, mean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum(dy)`` and ``sum(dy * (x - mean))`` per channel, in the accumulation dtype."""
+    acc = acc_dtype(x.dtype)
+    dims = reduce_dims(x.ndim, axis)
+    dy_a = dy.to(acc)
+    return dy_a.sum(dims), (dy_a * center(x, axis, mean)).sum(dims)
+
+
+def backward_elemt(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    axis: int,
+    mean: torch.Tensor,
+    k: torch.Tensor,
+    mean_dy: torch.Tensor,
+    proj: torch.Tensor,
+) -> torch.Tensor:
+    """``dx = k * (dy - mean_dy - (x - mean) * proj)`` per channel (eq. 11), in x's dtype."""
+    acc = acc_dtype(x.dtype)
+    pc = lambda v: per_channel(v.to(acc), x.ndim, axis)  # noqa: E731
+    dx = (dy.to(acc) - pc(mean_dy) - center(x, axis, mean) * pc(proj)) * pc(k)
+    return dx.to(x.dtype)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One entry point that sets everything up on a fresh machine, then runs a command.
+#   bash run.sh reproduce [ARGS]   the main job: the articles' experiments on MNIST + report
+#   bash run.sh test [PYTEST ARGS] the test suite
+#   bash run.sh <any batchnorm subcommand> [ARGS]
+# Set-up (idempotent): a virtual environment in .venv, the CPU build of torch if no torch is
+# there (a bare `torch` requirement could pull a multi-GB CUDA build), then this package
+# with its [dev,experiments] extras in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+VENV=${BATCHNORM_VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment in $VENV" >&2
+  "$PY" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+stamp="$VENV/.batchnorm-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
+    echo "[setup] installing the CPU build of torch" >&2
+    "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0" \
+      || "$VPY" -m pip install -q --disable-pip-version-check torch --index-url https://download.pytorch.org/whl/cpu
+  fi
+  echo "[setup] installing batchnorm[dev,experiments]" >&2
+  "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev,experiments]"
+  touch "$stamp"
+fi
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  test)
+    exec "$VPY" -m pytest "$@" ;;
+  "" | -h | --help)
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    exec "$VENV/bin/batchnorm" --help ;;
+  *)
+    exec "$VENV/bin/batchnorm" "$cmd" "$@" ;;
+esac
