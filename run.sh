@@ -20,8 +20,7 @@ stamp="$VENV/.batchnorm-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
     echo "[setup] installing the CPU build of torch" >&2
-    "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0" \
-      || "$VPY" -m pip install -q --disable-pip-version-check torch --index-url https://download.pytorch.org/whl/cpu
+    "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
   fi
   echo "[setup] installing batchnorm[dev,experiments]" >&2
   "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev,experiments]"

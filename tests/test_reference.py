@@ -119,7 +119,7 @@ def test_forward_with_eps_and_affine(shape, axis):
 
 
 def test_forward_is_invariant_to_positive_affine_input():
-    # BN(a * x + c) = BN(x) for a > 0 and per-channel c (exact with eps = 0; docs eq. 26).
+    # BN(a * x + c) = BN(x) for a > 0 and per-channel c (exact with eps = 0; docs section 8).
     x, gamma, beta = _sample((6, 4, 3), 1)
     c = np.array([1.0, -7.0, 100.0, 0.5]).reshape(1, 4, 1)
     y, _ = ref.batch_norm_forward(x, gamma, beta, eps=0.0)
