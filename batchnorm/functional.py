@@ -14,11 +14,11 @@ of every other axis (batch and spatial positions alike)::
 
 and in training the running statistics move towards the batch's (PyTorch convention)::
 
-    running = (1 - momentum) * running + momentum * batch_stat           (eq. 12)
-    running_var stores the unbiased var * m / (m - 1) by default          (eq. 13)
+    running = (1 - momentum) * running + momentum * batch_stat           (eq. 13)
+    running_var stores the unbiased var * m / (m - 1) by default          (eq. 16)
 
 with ``momentum=None`` a cumulative average, ``running += (batch - running) / n``
-(eq. 14), ``n`` the number of batches so far including this one.
+(eq. 15), ``n`` the number of batches so far including this one.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def update_running_stats(
     store_unbiased: bool = True,
     skipped_updates: Tensor | None = None,
 ) -> None:
-    """Move the running statistics towards a batch's, in place (eq. 12-14).
+    """Move the running statistics towards a batch's, in place (eq. 13-14).
 
     ``running = (1 - momentum) * running + momentum * batch`` (PyTorch's convention: momentum
     weighs the *new* value), and for ``momentum=None`` the cumulative average
@@ -203,11 +203,11 @@ def update_running_stats(
         if skipped_updates is not None:
             skipped_updates.add_((~ok).to(skipped_updates.dtype))
         if momentum is None:
-            # (eq. 14) as an EMA with factor 1/n; clamp keeps 1/0 out of a skipped first batch.
+            # (eq. 15) as an EMA with factor 1/n; clamp keeps 1/0 out of a skipped first batch.
             factor = 1.0 / num_batches_tracked.clamp(min=1).to(running_mean.dtype)
         else:
             factor = momentum
-        # (eq. 13) Bessel's correction; count >= 2 is guaranteed by the training check.
+        # (eq. 16) Bessel's correction; count >= 2 is guaranteed by the training check.
         batch_var = var * (count / (count - 1)) if store_unbiased and count > 1 else var
         new_mean = factor * mean.to(running_mean.dtype) + (1 - factor) * running_mean
         new_var = factor * batch_var.to(running_var.dtype) + (1 - factor) * running_var
@@ -228,7 +228,7 @@ def _scale_shift(
 
 
 class _BatchNormTrain(torch.autograd.Function):
-    """Batch statistics forward (eq. 1-4) with the closed-form backward (eq. 9-11)."""
+    """Batch statistics forward (eq. 1-4) with the closed-form backward (eq. 9, 10, 12)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int):
@@ -275,13 +275,13 @@ class _BatchNormTrain(torch.autograd.Function):
             grad_b = sum_dy.to(weight.dtype if weight is not None else dy.dtype)  # (eq. 10)
         if need_x:
             k = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
-            # (eq. 11) dx = k * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
+            # (eq. 12) dx = k * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
             grad_x = kern.backward_elemt(dy, x, axis, mean, k, sum_dy / m, sum_dy_xmu / m * inv_std * inv_std)
         return grad_x, grad_w, grad_b, None, None
 
 
 class _BatchNormEval(torch.autograd.Function):
-    """Fixed-statistics forward, one affine map per channel (eq. 15), and its backward."""
+    """Fixed-statistics forward, one affine map per channel (eq. 23-24), and its backward."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, eps: float, axis: int):
@@ -337,11 +337,11 @@ def batch_norm(
 
     and, if running statistics are given, updates them in place::
 
-        running = (1 - momentum) * running + momentum * batch_stat  (eq. 12)
+        running = (1 - momentum) * running + momentum * batch_stat  (eq. 13)
 
     storing the unbiased variance ``var_B * m / (m - 1)`` unless ``store_unbiased=False``.
-    Evaluation uses the running statistics: one fixed affine map per channel (eq. 15).
-    The gradient is the closed form of eq. 9-11, not autograd over primitive ops; double
+    Evaluation uses the running statistics: one fixed affine map per channel (eq. 23-24).
+    The gradient is the closed form of eq. 9, 10, 12, not autograd over primitive ops; double
     backward works.
 
     Args:
@@ -436,7 +436,7 @@ def batch_normalization(
 
     Statistics are given, not computed: this is the normalize step alone, with broadcasting.
     Unlike TensorFlow's ``x * inv + (offset - mean * inv)``, the mean is subtracted first,
-    which keeps digits when ``|mean| >> std`` (eq. 16).
+    which keeps digits when ``|mean| >> std`` (§9 of docs/math.md).
 
     Args:
         x: input tensor.

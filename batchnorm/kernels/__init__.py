@@ -15,11 +15,11 @@ The primitives, per channel ``c`` over the reduction set ``R`` (every axis but `
 - ``normalize(x, axis, mean, scale, shift) -> y``: ``y = (x - mean) * scale + shift``
   (eq. 3-4 with ``scale = gamma * inv_std``). Every ``x - mean`` is taken with the float64
   mean split into ``hi + lo`` as ``(x - hi) - lo``, so ``|mean| >> std`` loses no digits
-  (eq. 16; ``_native.center``).
+  (§9 of docs/math.md; ``_native.center``).
 - ``backward_reduce(dy, x, axis, mean) -> (sum_dy, sum_dy_xmu)``: ``sum_R dy`` and
   ``sum_R dy * (x - mean)``.
 - ``backward_elemt(dy, x, axis, mean, k, mean_dy, proj) -> dx``:
-  ``dx = k * (dy - mean_dy - (x - mean) * proj)`` (eq. 11).
+  ``dx = k * (dy - mean_dy - (x - mean) * proj)`` (eq. 12).
 
 ``mean`` is always float64; ``scale``, ``shift``, ``k``, ``mean_dy`` and ``proj`` are in the
 accumulation dtype. A kernel set declines an input through ``supports`` (:class:`Kernels`).

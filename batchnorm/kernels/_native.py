@@ -31,7 +31,7 @@ def center(x: torch.Tensor, axis: int, mean: torch.Tensor) -> torch.Tensor:
     """``x - mean`` per channel in the accumulation dtype, without losing digits of the mean.
 
     ``mean`` is float64; it is split into ``hi + lo`` in the accumulation dtype and the
-    difference is taken as ``(x - hi) - lo`` (eq. 16). ``x - hi`` is exact when x is within a
+    difference is taken as ``(x - hi) - lo`` (§9 of docs/math.md). ``x - hi`` is exact when x is within a
     factor 2 of ``hi`` (Sterbenz), which is the |mean| >> std case where a single-precision
     mean would shift every output by up to ulp(mean) / (2 std).
     """
@@ -66,7 +66,7 @@ def normalize(
     """``y = (x - mean) * scale + shift`` per channel (eq. 3-4), output in x's dtype.
 
     The mean is subtracted before scaling: ``x * scale + (shift - mean * scale)`` loses
-    every digit of a channel whose |mean| is much larger than its std (eq. 16).
+    every digit of a channel whose |mean| is much larger than its std (§9 of docs/math.md).
     """
     acc = acc_dtype(x.dtype)
     pc = lambda v: per_channel(v.to(acc), x.ndim, axis)  # noqa: E731
@@ -92,7 +92,7 @@ def backward_elemt(
     mean_dy: torch.Tensor,
     proj: torch.Tensor,
 ) -> torch.Tensor:
-    """``dx = k * (dy - mean_dy - (x - mean) * proj)`` per channel (eq. 11), in x's dtype."""
+    """``dx = k * (dy - mean_dy - (x - mean) * proj)`` per channel (eq. 12), in x's dtype."""
     acc = acc_dtype(x.dtype)
     pc = lambda v: per_channel(v.to(acc), x.ndim, axis)  # noqa: E731
     dx = (dy.to(acc) - pc(mean_dy) - center(x, axis, mean) * pc(proj)) * pc(k)
