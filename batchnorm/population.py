@@ -234,6 +234,9 @@ def recompute_statistics(
 
     was_training = {id(m): m.training for m in model.modules()}
     momenta = {id(m): m.momentum for _, m in layers}
+    counters = {
+        id(m): m.num_batches_tracked.clone() for _, m in layers if m.num_batches_tracked is not None
+    }
     handles = []
     bar = _Progress(num_batches, progress, "population statistics")
     seen_batches = seen_samples = 0
@@ -268,6 +271,8 @@ def recompute_statistics(
             m.training = was_training[id(m)]
         for _, m in layers:
             m.momentum = momenta[id(m)]
+            if id(m) in counters:
+                m.num_batches_tracked.copy_(counters[id(m)])
 
     if seen_batches == 0:
         raise ValueError("recompute_statistics got no batch: the iterable was empty")
