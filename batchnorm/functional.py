@@ -244,12 +244,36 @@ def update_running_stats(
             factor = 1.0 / num_batches_tracked.clamp(min=1).to(running_mean.dtype)
         else:
             factor = momentum
-        # (eq. 16) Bessel's correction; count >= 2 is guaranteed by the training check.
-        batch_var = var * (count / (count - 1)) if store_unbiased and count > 1 else var
-        new_mean = factor * mean.to(running_mean.dtype) + (1 - factor) * running_mean
-        new_var = factor * batch_var.to(running_var.dtype) + (1 - factor) * running_var
-        running_mean.copy_(torch.where(ok, new_mean, running_mean))
-        running_var.copy_(torch.where(ok, new_var, running_var))
+        new_mean, new_var = running_stats_step(
+            running_mean, running_var, mean, var, count, factor, store_unbiased=store_unbiased
+        )
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
+
+
+def running_stats_step(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    count: int,
+    factor: float | Tensor,
+    *,
+    store_unbiased: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """The pure form of :func:`update_running_stats`: new ``(running_mean, running_var)``.
+
+    ``new = (1 - factor) * running + factor * batch`` (eq. 13), the batch variance made
+    unbiased (eq. 16) if ``store_unbiased``; where the batch statistics are not all finite
+    the running ones are returned unchanged. No in-place operation, so it runs under
+    ``torch.func`` transforms.
+    """
+    ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
+    # (eq. 16) Bessel's correction; count >= 2 is guaranteed by the training check.
+    batch_var = var * (count / (count - 1)) if store_unbiased and count > 1 else var
+    new_mean = factor * mean.to(running_mean.dtype) + (1 - factor) * running_mean
+    new_var = factor * batch_var.to(running_var.dtype) + (1 - factor) * running_var
+    return torch.where(ok, new_mean, running_mean), torch.where(ok, new_var, running_var)
 
 
 # --------------------------------------------------------------------------- step 2: normalize (+ autograd)
