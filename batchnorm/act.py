@@ -55,7 +55,9 @@ def _invert(z: Tensor, activation: str, param: float) -> tuple[Tensor, Tensor]:
     if activation == "leaky_relu":
         return torch.where(pos, z, z / param), torch.where(pos, torch.ones_like(z), param)
     # elu: z = alpha * (exp(y) - 1) for y <= 0, so y = log1p(z / alpha), act' = z + alpha.
-    return torch.where(pos, z, torch.log1p(z / param)), torch.where(pos, torch.ones_like(z), z + param)
+    return torch.where(pos, z, torch.log1p(z / param)), torch.where(
+        pos, torch.ones_like(z), z + param
+    )
 
 
 class _BatchNormActTrain(torch.autograd.Function):
@@ -69,7 +71,12 @@ class _BatchNormActTrain(torch.autograd.Function):
         scale, shift = F._scale_shift(inv_std, weight, bias)
         z = _activate(kern.normalize(x, axis, mean, scale, shift), activation, param)
         ctx.save_for_backward(z, weight, bias, inv_std)
-        ctx.axis, ctx.activation, ctx.param, ctx.count = axis, activation, param, x.numel() // x.shape[axis]
+        ctx.axis, ctx.activation, ctx.param, ctx.count = (
+            axis,
+            activation,
+            param,
+            x.numel() // x.shape[axis],
+        )
         ctx.mark_non_differentiable(mean, var)
         return z, mean, var
 
@@ -96,7 +103,9 @@ class _BatchNormActTrain(torch.autograd.Function):
             grad_b = sum_dy.to(bias.dtype)  # (eq. 10)
         if need_x:
             k = inv_std if weight is None else weight.to(acc) * inv_std
-            grad_x = kern.backward_elemt(dy, x_hat, axis, zero, k, sum_dy / m, sum_dy_xhat / m).to(z.dtype)  # (eq. 12)
+            grad_x = kern.backward_elemt(dy, x_hat, axis, zero, k, sum_dy / m, sum_dy_xhat / m).to(
+                z.dtype
+            )  # (eq. 12)
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
@@ -133,7 +142,9 @@ class BatchNormAct(BatchNorm):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if activation_param is None:
             activation_param = {"leaky_relu": 0.01, "elu": 1.0}.get(activation, 0.0)
-        if memory_efficient and (activation not in INVERTIBLE or (activation != "identity" and not activation_param > 0)):
+        if memory_efficient and (
+            activation not in INVERTIBLE or (activation != "identity" and not activation_param > 0)
+        ):
             raise ValueError(
                 f"memory_efficient=True recomputes the input from the output, so the activation must be "
                 f"invertible: identity, leaky_relu with slope > 0 or elu with alpha > 0; got "

@@ -72,8 +72,12 @@ def batch_norm(
         >>> jac = torch.func.jacrev(lambda x: batch_norm(x, None, None, rm, rv, True)[0])(x)
     """
     if momentum is None:
-        raise ValueError("batchnorm.func.batch_norm needs a float momentum; momentum=None needs a batch counter")
-    axis = F._check_inputs(x, running_mean, running_var, weight, bias, training, momentum, eps, axis)
+        raise ValueError(
+            "batchnorm.func.batch_norm needs a float momentum; momentum=None needs a batch counter"
+        )
+    axis = F._check_inputs(
+        x, running_mean, running_var, weight, bias, training, momentum, eps, axis
+    )
     if training:
         mean, var = _native.stats(x, axis)  # (C,) float64, (C,) acc dtype; differentiable
     else:

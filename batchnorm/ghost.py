@@ -30,7 +30,13 @@ from torch import Tensor
 from . import functional as F
 from .modules import BatchNorm, _FixedRank
 
-__all__ = ["ghost_batch_norm", "GhostBatchNorm", "GhostBatchNorm1d", "GhostBatchNorm2d", "GhostBatchNorm3d"]
+__all__ = [
+    "ghost_batch_norm",
+    "GhostBatchNorm",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "GhostBatchNorm3d",
+]
 
 
 def _ghost_split(n: int, ghost_size: int, per_sample: int) -> tuple[int, int]:
@@ -45,7 +51,9 @@ def _ghost_split(n: int, ghost_size: int, per_sample: int) -> tuple[int, int]:
     return full, full * ghost_size
 
 
-def _ghost_train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int, g: int, G: int):
+def _ghost_train(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int, g: int, G: int
+):
     """Core training step on G ghosts of g samples at once; returns y, means (G, C), vars (G, C)."""
     C = x.shape[axis]
     rest = x.shape[1:]
@@ -95,12 +103,20 @@ def ghost_batch_norm(
             or as batch_norm.
     """
     if not isinstance(ghost_size, int) or ghost_size < 1:
-        raise ValueError(f"ghost_size must be a positive int (samples per virtual batch), got {ghost_size!r}")
+        raise ValueError(
+            f"ghost_size must be a positive int (samples per virtual batch), got {ghost_size!r}"
+        )
     if not training:
-        return F.batch_norm(input, running_mean, running_var, weight, bias, False, momentum, eps, axis=axis)
-    axis = F._check_inputs(input, running_mean, running_var, weight, bias, True, momentum, eps, axis)
+        return F.batch_norm(
+            input, running_mean, running_var, weight, bias, False, momentum, eps, axis=axis
+        )
+    axis = F._check_inputs(
+        input, running_mean, running_var, weight, bias, True, momentum, eps, axis
+    )
     if axis == 0:
-        raise ValueError("ghost_batch_norm splits axis 0 (the batch) into ghosts, so channels cannot be on axis 0")
+        raise ValueError(
+            "ghost_batch_norm splits axis 0 (the batch) into ghosts, so channels cannot be on axis 0"
+        )
     n, C = input.shape[0], input.shape[axis]
     per_sample = input.numel() // max(n * C, 1)  # values per channel in one sample
     if ghost_size * per_sample < 2 and n > 1:
@@ -159,7 +175,9 @@ class GhostBatchNorm(BatchNorm):
         if not use_batch_stats or input.shape[0] <= 1:
             return super().forward(input, mask)  # running statistics, or the small-batch policy
         if mask is not None:
-            raise ValueError("GhostBatchNorm does not support mask=; use BatchNorm for masked statistics")
+            raise ValueError(
+                "GhostBatchNorm does not support mask=; use BatchNorm for masked statistics"
+            )
         self._check_input_dim(input)
         update = self.training and self.track_running_stats
         return ghost_batch_norm(

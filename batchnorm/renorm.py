@@ -71,9 +71,13 @@ PAPER_D_MAX = LinearSchedule(0.0, 5.0, 5000, 25000)
 
 def _check_limits(r_max: float, d_max: float) -> None:
     if not r_max >= 1.0:
-        raise ValueError(f"r_max must be >= 1 (r is clipped to [1/r_max, r_max]), got {r_max}; 1 gives plain BN")
+        raise ValueError(
+            f"r_max must be >= 1 (r is clipped to [1/r_max, r_max]), got {r_max}; 1 gives plain BN"
+        )
     if not d_max >= 0.0:
-        raise ValueError(f"d_max must be >= 0 (d is clipped to [-d_max, d_max]), got {d_max}; 0 gives plain BN")
+        raise ValueError(
+            f"d_max must be >= 0 (d is clipped to [-d_max, d_max]), got {d_max}; 0 gives plain BN"
+        )
 
 
 def batch_renorm(
