@@ -277,6 +277,9 @@ def diagnose(
                                     "use batches of at least 2 (and more than a handful), or model.eval()"))  # fmt: skip
         here += _check_buffers(name, dict(model.named_modules()).get(name, bn))
         findings += here
+    if any(f.code == "batch-of-one" and f.module for f in findings):
+        # The failed forward is explained by a layer's own finding: drop the generic one.
+        findings = [f for f in findings if f.code != "batch-of-one" or f.module]
     if weights_from is None and len(eps_values) > 1:
         detail = "; ".join(
             f"eps={e:g}: {', '.join(ns[:3])}{' ...' if len(ns) > 3 else ''}"
