@@ -26,7 +26,9 @@ class ConvBN(nn.Module):
         self.drop = nn.Dropout(0.2)
         self.act = nn.ReLU()
         self.bn = bn.BatchNorm2d(4, momentum=momentum, eps=eps)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 5, bias=False), nn.BatchNorm1d(5))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(4 * 6 * 6, 5, bias=False), nn.BatchNorm1d(5)
+        )
 
     def forward(self, x):
         h = self.conv(x)
@@ -53,13 +55,21 @@ def test_bias_before_bn_points_at_the_conv_definition():
     assert "self.conv = nn.Conv2d" in Path(file).read_text().splitlines()[int(line) - 1]
     linear = nn.Sequential(nn.Linear(3, 4), bn.BatchNorm1d(4))
     assert codes(diagnose(linear, torch.randn(4, 3))) == ["bias-before-bn"]
-    assert diagnose(nn.Sequential(nn.Linear(3, 4, bias=False), bn.BatchNorm1d(4)), torch.randn(4, 3)) == []
+    assert (
+        diagnose(nn.Sequential(nn.Linear(3, 4, bias=False), bn.BatchNorm1d(4)), torch.randn(4, 3))
+        == []
+    )
 
 
 def test_bn_after_activation():
     (f,) = diagnose(ConvBN(after_act=True), X)
     assert f.code == "bn-after-activation" and f.module == "bn"
-    assert "self.bn = bn.BatchNorm2d" in Path(f.location.rsplit(":", 1)[0]).read_text().splitlines()[int(f.location.rsplit(":", 1)[1]) - 1]
+    assert (
+        "self.bn = bn.BatchNorm2d"
+        in Path(f.location.rsplit(":", 1)[0])
+        .read_text()
+        .splitlines()[int(f.location.rsplit(":", 1)[1]) - 1]
+    )
 
 
 def test_dropout_before_bn_seen_through_a_view():
@@ -69,7 +79,9 @@ def test_dropout_before_bn_seen_through_a_view():
     assert codes(diagnose(seq.eval(), torch.randn(4, 3))) == ["dropout-before-bn"]  # structural
 
 
-@pytest.mark.parametrize("momentum,found", [(0.9, True), (0.99, True), (0.1, False), (0.01, False), (None, False)])
+@pytest.mark.parametrize(
+    "momentum,found", [(0.9, True), (0.99, True), (0.1, False), (0.01, False), (None, False)]
+)
 def test_momentum_convention(momentum, found):
     got = codes(diagnose(ConvBN(momentum=momentum), X))
     assert got == (["momentum-convention"] if found else [])
@@ -79,7 +91,9 @@ def test_eps_origin():
     assert codes(diagnose(ConvBN(eps=1e-3), X, weights_from="torch")) == ["eps-origin"]
     assert diagnose(ConvBN(eps=1e-3), X, weights_from="keras")[0].module == "head.2"  # the 1e-5 one
     mixed = diagnose(ConvBN(eps=1e-3), X)
-    assert [(f.code, f.severity) for f in mixed] == [("eps-origin", "info")] and "Heuristic" in mixed[0].message
+    assert [(f.code, f.severity) for f in mixed] == [
+        ("eps-origin", "info")
+    ] and "Heuristic" in mixed[0].message
     with pytest.raises(ValueError, match="weights_from"):
         diagnose(ConvBN(), X, weights_from="jax")
 
@@ -98,7 +112,10 @@ def test_train_mode_for_inference_and_frozen_bn():
     assert diagnose(frozen, X) == []
 
 
-@pytest.mark.parametrize("value,severity", [(0.0, "error"), (float("nan"), "error"), (-1.0, "error"), (1e-8, "warning"), (1.0, None)])
+@pytest.mark.parametrize(
+    "value,severity",
+    [(0.0, "error"), (float("nan"), "error"), (-1.0, "error"), (1e-8, "warning"), (1.0, None)],
+)
 def test_running_var(value, severity):
     model = ConvBN().eval()
     with torch.no_grad():
@@ -130,6 +147,7 @@ def test_model_is_not_modified():
     assert model.training and not model._forward_hooks and not model.bn._forward_pre_hooks
 
 
+@pytest.mark.slow  # two subprocesses, each importing torch
 def test_cli(tmp_path):
     (tmp_path / "netdefs.py").write_text(
         "import torch.nn as nn\n"
@@ -144,7 +162,11 @@ def test_cli(tmp_path):
                               capture_output=True, text=True, timeout=120)  # fmt: skip
 
     bad = cli("netdefs:bad", "--input-shape", "2,1,28,28")
-    assert bad.returncode == 1 and "bias-before-bn" in bad.stdout and "momentum-convention" in bad.stdout
+    assert (
+        bad.returncode == 1
+        and "bias-before-bn" in bad.stdout
+        and "momentum-convention" in bad.stdout
+    )
     good = cli("netdefs:good", "--input-shape", "2,1,28,28")
     assert good.returncode == 0 and "no batch-norm problems" in good.stdout
     # Argument errors, in process (a subprocess costs a torch import).
@@ -153,4 +175,7 @@ def test_cli(tmp_path):
     parser = build_parser()
     assert bn.doctor.run(parser.parse_args(["doctor", "netdefs", "--input-shape", "2,1"])) == 2
     assert bn.doctor.run(parser.parse_args(["doctor", "netdefs:good", "--input-shape", "2,x"])) == 2
-    assert bn.doctor.run(parser.parse_args(["doctor", "no_such_module:f", "--input-shape", "2,1"])) == 2
+    assert (
+        bn.doctor.run(parser.parse_args(["doctor", "no_such_module:f", "--input-shape", "2,1"]))
+        == 2
+    )

@@ -33,8 +33,12 @@ def test_jacrev_and_grad_match_torch():
     torch.manual_seed(1)
     x = torch.randn(6, 3, dtype=D)
     w = torch.rand(3, dtype=D) + 0.5
-    ours = jacrev(lambda x, w: func.batch_norm(x, w, None, None, None, True)[0], argnums=(0, 1))(x, w)
-    theirs = jacrev(lambda x, w: torch.nn.functional.batch_norm(x, None, None, w, None, True), argnums=(0, 1))(x, w)
+    ours = jacrev(lambda x, w: func.batch_norm(x, w, None, None, None, True)[0], argnums=(0, 1))(
+        x, w
+    )
+    theirs = jacrev(
+        lambda x, w: torch.nn.functional.batch_norm(x, None, None, w, None, True), argnums=(0, 1)
+    )(x, w)
     for a, c in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
     g = grad(lambda x: func.batch_norm(x, w, None, None, None, True)[0].pow(3).sum())(x)
@@ -85,7 +89,11 @@ def test_per_sample_gradients_with_batch_statistics_held_fixed():
     mean, var = bn.functional.batch_stats(h)
     model.eval()
     params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {"1.running_mean": mean.to(D), "1.running_var": var, "1.num_batches_tracked": torch.tensor(0)}
+    buffers = {
+        "1.running_mean": mean.to(D),
+        "1.running_var": var,
+        "1.num_batches_tracked": torch.tensor(0),
+    }
 
     def loss(p, x):
         out, _ = func.functional_call(model, {**p, **buffers}, (x[None],))
@@ -104,9 +112,14 @@ def test_per_sample_gradients_with_batch_statistics_held_fixed():
 def test_functional_call_returns_new_buffers_and_restores_model():
     model = _model()
     xs = torch.randn(6, 1, 6, 6, dtype=D)
-    params_buffers = {**dict(model.named_parameters()), **{k: v.clone() for k, v in model.named_buffers()}}
+    params_buffers = {
+        **dict(model.named_parameters()),
+        **{k: v.clone() for k, v in model.named_buffers()},
+    }
     out, new = func.functional_call(model, params_buffers, (xs,))
-    assert sorted(new) == sorted(f"{i}.{k}" for i in (1, 5) for k in ("running_mean", "running_var", "num_batches_tracked"))
+    assert sorted(new) == sorted(
+        f"{i}.{k}" for i in (1, 5) for k in ("running_mean", "running_var", "num_batches_tracked")
+    )
     assert "forward" not in vars(model[1]) and int(model[1].num_batches_tracked) == 0
     ref_out = model(xs)  # the module API, which updates in place
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)

@@ -44,12 +44,16 @@ def test_equals_bn_then_activation(activation, param):
     assert torch.equal(m(x), act(plain(x)))
 
 
-@pytest.mark.parametrize("activation,param", [("identity", 0.0), ("leaky_relu", 0.1), ("elu", 1.0), ("elu", 0.5)])
+@pytest.mark.parametrize(
+    "activation,param", [("identity", 0.0), ("leaky_relu", 0.1), ("elu", 1.0), ("elu", 0.5)]
+)
 def test_memory_efficient_matches_unfused_and_gradcheck(activation, param):
     torch.manual_seed(1)
     x = torch.randn(4, 3, 3, 3, dtype=D, requires_grad=True)
     a = bn.BatchNormAct2d(3, activation=activation, activation_param=param).double()
-    f = bn.BatchNormAct2d(3, activation=activation, activation_param=param, memory_efficient=True).double()
+    f = bn.BatchNormAct2d(
+        3, activation=activation, activation_param=param, memory_efficient=True
+    ).double()
     with torch.no_grad():
         a.weight.copy_(torch.tensor([0.5, -1.5, 2.0]))
         a.bias.copy_(torch.tensor([0.1, 0.0, -0.3]))

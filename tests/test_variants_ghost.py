@@ -26,7 +26,14 @@ def _chunks(n, g, per_sample):
 
 @pytest.mark.parametrize(
     "shape,g,axis",
-    [((12, 3), 4, 1), ((10, 3), 4, 1), ((9, 3), 4, 1), ((10, 3, 5), 3, 1), ((7, 2, 3, 3), 2, 1), ((10, 4, 4, 3), 4, -1)],
+    [
+        ((12, 3), 4, 1),
+        ((10, 3), 4, 1),
+        ((9, 3), 4, 1),
+        ((10, 3, 5), 3, 1),
+        ((7, 2, 3, 3), 2, 1),
+        ((10, 4, 4, 3), 4, -1),
+    ],
 )
 def test_forward_backward_match_reference_per_chunk(shape, g, axis):
     torch.manual_seed(0)
@@ -43,7 +50,9 @@ def test_forward_backward_match_reference_per_chunk(shape, g, axis):
     start, dw_ref, db_ref = 0, np.zeros(C), np.zeros(C)
     for n in _chunks(shape[0], g, per_sample):
         sl = slice(start, start + n)
-        y_ref, cache = ref.batch_norm_forward(x[sl].numpy(), w.numpy(), b.numpy(), eps=1e-5, axis=axis)
+        y_ref, cache = ref.batch_norm_forward(
+            x[sl].numpy(), w.numpy(), b.numpy(), eps=1e-5, axis=axis
+        )
         dx_ref, dwc, dbc = ref.batch_norm_backward(dy[sl].numpy(), cache)
         np.testing.assert_allclose(y[sl].detach().numpy(), y_ref, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(dx[sl].numpy(), dx_ref, rtol=1e-9, atol=1e-10)
@@ -82,7 +91,9 @@ def test_ghost_size_batch_is_plain_bn_exactly(cls, shape):
 def test_running_statistics_are_the_weighted_ghost_average():
     torch.manual_seed(3)
     x = torch.randn(10, 2, 3, dtype=D)
-    m = bn.GhostBatchNorm1d(2, momentum=1.0, ghost_size=4).double()  # momentum 1: running = step stat
+    m = bn.GhostBatchNorm1d(
+        2, momentum=1.0, ghost_size=4
+    ).double()  # momentum 1: running = step stat
     m(x)
     sizes, start, means, uvars = [4, 4, 2], 0, [], []
     for n in sizes:

@@ -32,7 +32,9 @@ def test_masked_forward_backward_match_reference_on_valid_positions(channels_las
     # Oracle: the valid values alone, as a (M, C) batch.
     valid = x.transpose(1, 2)[mask]  # (M, C)
     y_ref, cache = ref.batch_norm_forward(valid.numpy(), w.numpy(), b.numpy(), eps=1e-5, axis=1)
-    np.testing.assert_allclose(y.transpose(1, 2)[mask].detach().numpy(), y_ref, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        y.transpose(1, 2)[mask].detach().numpy(), y_ref, rtol=1e-9, atol=1e-9
+    )
     # Padded positions are normalized with the same statistics.
     pad = x.transpose(1, 2)[~mask].numpy()
     expect = (pad - cache["mean"]) * cache["inv_std"] * w.numpy() + b.numpy()
@@ -65,7 +67,9 @@ def test_all_true_mask_is_plain_bn_and_all_false_updates_nothing():
     torch.manual_seed(2)
     x = torch.randn(4, 3, 5)
     m1, m2 = bn.BatchNorm1d(3), bn.BatchNorm1d(3)
-    torch.testing.assert_close(m1(x, mask=torch.ones(4, 5, dtype=torch.bool)), m2(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        m1(x, mask=torch.ones(4, 5, dtype=torch.bool)), m2(x), rtol=1e-6, atol=1e-6
+    )
     torch.testing.assert_close(m1.running_var, m2.running_var)
     before = m1.state_dict()
     before = {k: v.clone() for k, v in before.items()}

@@ -44,7 +44,9 @@ def test_forward_matches_reference(sample):
     sigma = np.sqrt(rv.numpy() + 1e-5)
     r = np.clip(np.sqrt(cache["var"] + 1e-5) / sigma, 1 / 1.5, 1.5)
     d = np.clip((cache["mean"] - rm.numpy()) / sigma, -0.5, 0.5)
-    expect = (cache["x_hat"] * r[None, :, None] + d[None, :, None]) * w.numpy()[None, :, None] + b.numpy()[None, :, None]
+    expect = (cache["x_hat"] * r[None, :, None] + d[None, :, None]) * w.numpy()[
+        None, :, None
+    ] + b.numpy()[None, :, None]
     np.testing.assert_allclose(y.numpy(), expect, rtol=1e-12, atol=1e-12)
     assert not np.allclose(y.numpy(), y_ref)  # the correction is really active
 
@@ -61,7 +63,9 @@ def test_gradient_matches_direct_formula_and_gradcheck(sample):
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
     # Finite differences see r and d move with x unless they sit on their clips: make them.
     far_m, tiny_v = rm + 100.0, torch.full_like(rv, 1e-4)
-    fn = lambda x, w, b: batch_renorm(x, far_m.clone(), tiny_v.clone(), w, b, True, r_max=1.5, d_max=0.5)  # noqa: E731
+    fn = lambda x, w, b: batch_renorm(
+        x, far_m.clone(), tiny_v.clone(), w, b, True, r_max=1.5, d_max=0.5
+    )  # noqa: E731
     assert torch.autograd.gradcheck(fn, args)
     assert torch.autograd.gradgradcheck(fn, args)
     # Any constant (r, d) through the core's correction hook.
@@ -75,8 +79,12 @@ def test_gradient_matches_direct_formula_and_gradcheck(sample):
 def test_r_max_1_d_max_0_is_plain_bn_exactly(shape):
     torch.manual_seed(1)
     x = (torch.randn(shape) * 3 + 1).requires_grad_()
-    cls = {2: bn.BatchRenorm1d, 3: bn.BatchRenorm1d, 4: bn.BatchRenorm2d, 5: bn.BatchRenorm3d}[len(shape)]
-    plain = {2: bn.BatchNorm1d, 3: bn.BatchNorm1d, 4: bn.BatchNorm2d, 5: bn.BatchNorm3d}[len(shape)](3)
+    cls = {2: bn.BatchRenorm1d, 3: bn.BatchRenorm1d, 4: bn.BatchRenorm2d, 5: bn.BatchRenorm3d}[
+        len(shape)
+    ]
+    plain = {2: bn.BatchNorm1d, 3: bn.BatchNorm1d, 4: bn.BatchNorm2d, 5: bn.BatchNorm3d}[
+        len(shape)
+    ](3)
     renorm = cls(3, r_max=1.0, d_max=0.0)
     with torch.no_grad():
         plain.weight.uniform_(0.5, 2)
