@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import batchnorm as bn
 from batchnorm import reference as ref
@@ -121,3 +123,42 @@ def test_small_batch_policies():
     m2 = bn.BatchNorm1d(3, small_batch="running")
     m2(torch.randn(2, 3))
     assert int(m2.num_batches_tracked) == 1
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    lengths=st.lists(st.integers(0, 6), min_size=2, max_size=5).filter(lambda ls: sum(ls) >= 2),
+    scale=st.floats(1e-2, 1e2),
+    shift=st.floats(-1e3, 1e3),
+)
+def test_property_padding_values_do_not_matter(lengths, scale, shift):
+    """Valid outputs and running statistics ignore whatever sits in the padding."""
+    g = torch.Generator().manual_seed(len(lengths))
+    x = torch.randn(len(lengths), 2, 6, generator=g, dtype=D) * scale + shift
+    mask = _lengths_mask(lengths, 6)
+    junk = x.masked_fill(~mask[:, None, :], 1e6)
+    rm1, rv1, rm2, rv2 = (
+        torch.zeros(2, dtype=D),
+        torch.ones(2, dtype=D),
+        torch.zeros(2, dtype=D),
+        torch.ones(2, dtype=D),
+    )
+    y1 = bn.batch_norm(x, rm1, rv1, training=True, mask=mask)
+    y2 = bn.batch_norm(junk, rm2, rv2, training=True, mask=mask)
+    m = mask[:, None, :].expand_as(x)
+    torch.testing.assert_close(y1[m], y2[m], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rm1, rm2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rv1, rv2, rtol=1e-12, atol=1e-12)
+    # ...and the valid outputs have mean 0 and biased variance var / (var + eps) per channel.
+    valid = y1.transpose(1, 2)[mask]  # (M, 2)
+    torch.testing.assert_close(valid.mean(0), torch.zeros(2, dtype=D), rtol=0, atol=1e-9)
+
+
+def test_float32_masked_statistics_keep_digits_of_a_large_mean():
+    torch.manual_seed(5)
+    x = (torch.randn(6, 3, 8, dtype=D) * 1e-2 + 1e4).float()
+    mask = _lengths_mask([8, 5, 3, 7, 1, 2], 8)
+    y = bn.batch_norm(x, None, None, training=True, mask=mask)
+    valid = x.double().transpose(1, 2)[mask]
+    y_ref, _ = ref.batch_norm_forward(valid.numpy(), eps=1e-5, axis=1)
+    np.testing.assert_allclose(y.transpose(1, 2)[mask].double().numpy(), y_ref, rtol=0, atol=1e-5)  # a float32 mean: 0.08
