@@ -216,7 +216,13 @@ def diagnose(
         seen.add(name)
         here = []
         training = modes.get(name, bn.training)
-        if isinstance(src, _LINEAR) and getattr(src, "bias", None) is not None:
+        out_features = getattr(src, "out_features", getattr(src, "out_channels", None))
+        # The bias cancels only if it is per BN channel (same count; a permute may sit between).
+        if (
+            isinstance(src, _LINEAR)
+            and getattr(src, "bias", None) is not None
+            and out_features == bn.num_features
+        ):
             here.append(Finding("bias-before-bn", "warning", names[src],
                                 f"{type(src).__name__} {names[src]!r} has a bias and feeds {name!r}: BN subtracts the "
                                 "mean, so the bias cancels and only costs parameters (BN's beta replaces it).",

@@ -179,3 +179,16 @@ def test_cli(tmp_path):
         bn.doctor.run(parser.parse_args(["doctor", "no_such_module:f", "--input-shape", "2,1"]))
         == 2
     )
+
+
+def test_bias_on_another_axis_is_not_reported():
+    class TokensBN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(3, 5)  # bias per feature (5) ...
+            self.bn = bn.BatchNorm1d(7)  # ... but BN normalizes the 7 positions
+
+        def forward(self, x):  # (N, 7, 3)
+            return self.bn(self.proj(x))
+
+    assert diagnose(TokensBN(), torch.randn(4, 7, 3)) == []
