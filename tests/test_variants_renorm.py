@@ -63,9 +63,10 @@ def test_gradient_matches_direct_formula_and_gradcheck(sample):
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
     # Finite differences see r and d move with x unless they sit on their clips: make them.
     far_m, tiny_v = rm + 100.0, torch.full_like(rv, 1e-4)
-    fn = lambda x, w, b: batch_renorm(
-        x, far_m.clone(), tiny_v.clone(), w, b, True, r_max=1.5, d_max=0.5
-    )  # noqa: E731
+
+    def fn(x, w, b):
+        return batch_renorm(x, far_m.clone(), tiny_v.clone(), w, b, True, r_max=1.5, d_max=0.5)
+
     assert torch.autograd.gradcheck(fn, args)
     assert torch.autograd.gradgradcheck(fn, args)
     # Any constant (r, d) through the core's correction hook.
