@@ -130,3 +130,16 @@ def test_augment_identity_and_randomness():
     img[0, 0, 13:15, 13:15] = 1.0
     z = random_affine(img, torch.Generator().manual_seed(0), rotation=0, shear=0, zoom=0, shift=0)
     torch.testing.assert_close(z, img, atol=1e-5, rtol=0)
+
+
+def test_cli_does_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, batchnorm, batchnorm.cli as c; c.build_parser(); "
+        "import batchnorm.experiments.reproduce, batchnorm.experiments.train; "
+        "print('matplotlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

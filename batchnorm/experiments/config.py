@@ -90,18 +90,7 @@ class Config:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field with an impossible value."""
-        from .data import DATASETS
-        from .models import ACTIVATIONS, MODELS, NORMS
-
-        choices = {
-            "dataset": DATASETS,
-            "model": MODELS,
-            "activation": tuple(ACTIVATIONS),
-            "norm": NORMS,
-            "init": ("default", "normal"),
-            "optimizer": ("sgd", "momentum", "adam"),
-            "eval_stats": ("running", "population", "batch"),
-        }
+        choices = _choices()
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -160,6 +149,22 @@ class Config:
 
 
 # --------------------------------------------------------------------------- parsing
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of the string fields that take a fixed set."""
+    from .data import DATASETS
+    from .models import ACTIVATIONS, MODELS, NORMS
+
+    return {
+        "dataset": DATASETS,
+        "model": MODELS,
+        "activation": tuple(ACTIVATIONS),
+        "norm": NORMS,
+        "init": ("default", "normal"),
+        "optimizer": ("sgd", "momentum", "adam"),
+        "eval_stats": ("running", "population", "batch"),
+    }
 
 
 def _field_type(cls, name: str) -> Any:
@@ -276,7 +281,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
                 dest=f.name,
                 default=None,
                 metavar=f.name.upper(),
-                help=f"(default {default!r})",
+                help=(f"{' | '.join(allowed)}; " if (allowed := _choices().get(f.name)) else "")
+                + f"(default {default!r})",
             )
 
 

@@ -54,7 +54,7 @@ def _experiment_result(out: Path, exp, entry: dict[str, Any]) -> dict[str, Any]:
     res["wall_s"] = sum(r["summary"]["wall_s"] for r in unique.values())
     res["runs"] = len(unique)
     res["seeds"] = sorted({r["config"].seed for r in unique.values()})
-    if missing or any(not runs for runs in groups.values()):
+    if any(not runs for runs in groups.values()):
         res["held"], res["lines"] = (
             None,
             [f"{len(missing)} run(s) not finished: {', '.join(missing[:4])}"],
@@ -64,6 +64,12 @@ def _experiment_result(out: Path, exp, entry: dict[str, Any]) -> dict[str, Any]:
         res["held"], res["lines"] = exp.verdict(groups)
     except Exception as e:  # a verdict must never hide the rest of the report
         res["held"], res["lines"] = None, [f"could not evaluate the rule: {type(e).__name__}: {e}"]
+    if missing:  # every group has at least one finished run: a partial result, said so
+        res["lines"].insert(
+            0,
+            f"PARTIAL: {len(missing)} of {len(missing) + res['runs']} runs not finished "
+            f"(interrupted); the numbers below use the finished seeds only",
+        )
     try:
         res["figure"] = exp.plot(groups, out / "figures" / f"{exp.id}.png", exp)
     except Exception as e:
