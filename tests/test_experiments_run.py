@@ -116,3 +116,14 @@ def test_train_cli_with_preset(tmp_path, capsys):
     assert main(argv) == 0
     assert "(reused)" in capsys.readouterr().out
     assert main(["train", "--dataset", "synthetic", "--norm", "bn"]) == 2
+
+
+def test_report_marks_partial_results(quick_out, tmp_path):
+    copy = tmp_path / "partial"
+    shutil.copytree(quick_out / "runs", copy / "runs")
+    shutil.copy(quick_out / "manifest.json", copy / "manifest.json")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    victim = manifest["experiments"]["article001"]["groups"]["with BN"][1]
+    (copy / "runs" / victim / "summary.json").unlink()  # an interrupted run
+    md = write_report(copy)[0].read_text()
+    assert "PARTIAL: 1 of 6 runs not finished" in md and "(partial)" in md

@@ -77,8 +77,9 @@ def _experiment_result(out: Path, exp, entry: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-def _verdict_word(held: bool | None) -> str:
-    return {True: "HELD", False: "NOT HELD", None: "UNDECIDED"}[held]
+def _verdict_word(held: bool | None, partial: bool = False) -> str:
+    word = {True: "HELD", False: "NOT HELD", None: "UNDECIDED"}[held]
+    return word + (" (partial)" if partial and held is not None else "")
 
 
 def write_report(out: str | Path) -> tuple[Path, Path]:
@@ -114,7 +115,7 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     ]
     for r in results:
         head.append(
-            f"| [{r['exp'].title}](#{r['exp'].id}) | {_verdict_word(r['held'])} | {r['runs']} | "
+            f"| [{r['exp'].title}](#{r['exp'].id}) | {_verdict_word(r['held'], bool(r['missing']))} | {r['runs']} | "
             f"{len(r['seeds'])} | {_fmt_s(r['wall_s'])} |"
         )
     md, parts = list(head), []
@@ -134,7 +135,7 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
             "",
             f"**Rule**: {e.rule}",
             "",
-            f"**Result: {_verdict_word(r['held'])}** ({r['runs']} runs, {_fmt_s(r['wall_s'])})",
+            f"**Result: {_verdict_word(r['held'], bool(r['missing']))}** ({r['runs']} runs, {_fmt_s(r['wall_s'])})",
             "",
         ]
         sec += [f"- {line}" for line in r["lines"]]
