@@ -103,8 +103,12 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
         f"{'**Quick run** (reduced protocols, for a first look and CI). ' if quick else ''}"
         f"Made by `{manifest.get('command', 'batchnorm reproduce')}` on {manifest.get('machine', platform.node())}, "
         f"torch {manifest.get('torch', '?')}, {manifest.get('threads', '?')} threads; "
-        f"total wall time {_fmt_s(manifest.get('wall_s', 0))} "
-        f"({manifest.get('trained', '?')} runs trained, {manifest.get('reused', '?')} reused).",
+        + (
+            f"sum of the run times {_fmt_s(manifest.get('runs_wall_s', 0))} (report rebuilt without training)."
+            if manifest.get("report_only")
+            else f"total wall time {_fmt_s(manifest.get('wall_s', 0))} "
+            f"({manifest.get('trained', '?')} runs trained, {manifest.get('reused', '?')} reused)."
+        ),
         "",
         "Each verdict is computed from the run files by the stated rule. Accuracies are on the 10,000 "
         "test images; 'mean ± std (n=seeds)'. Times are per experiment, summed over its runs "

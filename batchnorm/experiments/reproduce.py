@@ -2,7 +2,7 @@
 
 Finished runs (same config hash) are reused, so an interrupted reproduction resumes where
 it stopped and ``--quick`` and full runs can share a folder's runs. The report is
-rebuilt from the run files (``--report-only`` does only that).
+rebuilt from the run files (``--report-only`` does only that, training nothing).
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = all cores)")
     p.add_argument("--force", action="store_true", help="retrain runs even if finished")
     p.add_argument(
-        "--report-only", action="store_true", help="only rebuild the report from the run files"
+        "--report-only",
+        action="store_true",
+        help="train nothing: rebuild the report from the finished run files (with --only: the "
+        "planned runs of those experiments; unfinished ones are marked partial)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument(
@@ -80,8 +83,12 @@ def reproduce(
     progress: bool = True,
     steps_cap: int = 0,
     command: str = "batchnorm reproduce",
+    train: bool = True,
 ) -> tuple[Path, Path]:
     """Train what is missing, write ``manifest.json``, then ``report.md`` and ``report.html``.
+
+    With ``train=False`` nothing is trained: the manifest lists the planned runs, the report
+    uses those that have finished (an experiment with unfinished runs is marked partial).
 
     Returns:
         The paths of report.md and report.html.
@@ -148,6 +155,8 @@ def reproduce(
         f"already, {len(todo)} to train; output {out}",
         file=sys.stderr,
     )
+    if not train:
+        todo = []
     for i, c in enumerate(todo):
         bar.weight = _step_cost(c)
         bar.set_note(
@@ -155,11 +164,18 @@ def reproduce(
         )
         train_run(c, out, data=data, progress=bar, force=force)
     bar.close()
+    done = [run_dir(c, out) / "summary.json" for c in unique.values()]
+    summaries = [json.loads(p.read_text()) for p in done if p.is_file()]
+    run_s = sum(x["wall_s"] for x in summaries)
+    if summaries:  # the threads the runs actually used
+        manifest["threads"] = ",".join(str(t) for t in sorted({x["threads"] for x in summaries}))
     manifest.update(
         {
+            "runs_wall_s": round(run_s, 1),
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "wall_s": round(time.perf_counter() - t0, 1),
             "trained": len(todo),
+            "report_only": not train,
             "reused": len(unique) - len(todo),
         }
     )
@@ -173,8 +189,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or ("reports/quick" if args.quick else "reports/full")
     try:
-        if args.report_only:
-            md, html = write_report(out)
+        if args.report_only and args.only is None and (Path(out) / "manifest.json").is_file():
+            md, html = write_report(out)  # the manifest of the last reproduction, as it was
         else:
             argv = sys.argv[1:] if sys.argv[1:2] == ["reproduce"] else ["reproduce"]
             cmd = "batchnorm " + " ".join(argv)
@@ -189,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 steps_cap=args.steps_cap,
                 command=cmd,
+                train=not args.report_only,
             )
     except (DataError, ValueError) as e:
         print(f"batchnorm reproduce: error: {e}", file=sys.stderr)
