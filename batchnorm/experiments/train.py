@@ -277,7 +277,23 @@ def train_run(
     (path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     wall0 = time.perf_counter()
 
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads if cfg.threads > 0 else (os.cpu_count() or 1))
+    try:
+        return _train(cfg, path, data, progress, figures, wall0)
+    finally:
+        torch.set_num_threads(threads_before)  # the caller's setting, as it was
+
+
+def _train(
+    cfg: Config,
+    path: Path,
+    data: Dataset | None,
+    progress: Progress | None,
+    figures: bool,
+    wall0: float,
+) -> dict[str, Any]:
+    """The body of :func:`train_run`: train, evaluate, write the files."""
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
     g_eval = torch.Generator().manual_seed(cfg.seed + 1)  # population subsets: never perturbs g
