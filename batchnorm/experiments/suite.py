@@ -118,9 +118,10 @@ def _article_verdict(g: dict[str, Runs]) -> tuple[bool | None, list[str]]:
     }
     t = {k: [r["summary"]["train_time_s"] for r in runs] for k, runs in g.items()}
     quick = no[0]["config"].epochs < 20
-    floor = 95.0 if quick else 98.5
+    floor = 98.5
     faster = _stats(e1["with BN"])[0] > _stats(e1["without BN"])[0]
-    both_high = min(_stats(fin["without BN"])[0], _stats(fin["with BN"])[0]) >= floor
+    # A shortened run cannot test where 20 epochs end up: only the "ahead early" part.
+    both_high = quick or min(_stats(fin["without BN"])[0], _stats(fin["with BN"])[0]) >= floor
     lines = [
         f"test accuracy after epoch 1: without BN {_fmt(e1['without BN'])}, with BN {_fmt(e1['with BN'])}",
         f"final test accuracy: without BN {_fmt(fin['without BN'])}, with BN {_fmt(fin['with BN'])} "
@@ -129,7 +130,12 @@ def _article_verdict(g: dict[str, Runs]) -> tuple[bool | None, list[str]]:
         "(article: 0.0307 without, 0.0365 with BN)",
         f"training time per run: without BN {np.mean(t['without BN']):.0f} s, with BN {np.mean(t['with BN']):.0f} s "
         f"(x{np.mean(t['with BN']) / np.mean(t['without BN']):.2f}; article: 15:43 vs 20:57, x1.33)",
-        f"rule: BN ahead after epoch 1 -> {faster}; both final accuracies >= {floor}% -> {both_high}",
+        f"rule: BN ahead after epoch 1 -> {faster}; "
+        + (
+            "final accuracies not tested (shortened protocol)"
+            if quick
+            else f"both final accuracies >= {floor}% -> {both_high}"
+        ),
     ]
     return faster and both_high, lines
 
@@ -500,7 +506,7 @@ EXPERIMENTS: list[Experiment] = [
         "reach about 99% (article: 99.08% without, 98.75% with BN; BN takes 1.33x longer per run).",
         "training-batch and test accuracy per epoch, final test loss/accuracy, training time (3 seeds).",
         "held if the mean test accuracy after epoch 1 is higher with BN and both final means are >= 98.5% "
-        "(>= 95% in --quick).",
+        "(with --quick, 2 epochs, only the first part is tested).",
         _article_groups,
         _article_verdict,
         _article_plot,
