@@ -106,8 +106,9 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
         + (
             f"sum of the run times {_fmt_s(manifest.get('runs_wall_s', 0))} (report rebuilt without training)."
             if manifest.get("report_only")
-            else f"total wall time {_fmt_s(manifest.get('wall_s', 0))} "
-            f"({manifest.get('trained', '?')} runs trained, {manifest.get('reused', '?')} reused)."
+            else f"wall time of this reproduction {_fmt_s(manifest.get('wall_s', 0))} "
+            f"({manifest.get('trained', '?')} runs trained, {manifest.get('reused', '?')} reused); "
+            f"the runs took {_fmt_s(manifest.get('runs_wall_s', 0))} in all."
         ),
         "",
         "Each verdict is computed from the run files by the stated rule. Accuracies are on the 10,000 "
