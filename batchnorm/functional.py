@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import kernels
+from . import _sync, kernels
 from .kernels._native import acc_dtype, per_channel, reduce_dims
 
 __all__ = [
@@ -62,10 +62,13 @@ def _check_inputs(
     momentum: float | None,
     eps: float,
     axis: int,
+    synchronized: bool = False,
 ) -> int:
     """Validate shapes, dtypes, devices and hyper-parameters; return the axis, non-negative.
 
-    Only metadata is read: no value of any tensor, so no host synchronisation.
+    Only metadata is read: no value of any tensor, so no host synchronisation. With
+    ``synchronized`` the "more than one value per channel" check is left to the forward, which
+    knows the count over every process.
     """
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
@@ -121,7 +124,7 @@ def _check_inputs(
             )
         if not t.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype={t.dtype}")
-    if training and input.numel() > 0 and input.numel() // channels == 1:
+    if training and not synchronized and input.numel() > 0 and input.numel() // channels == 1:
         raise ValueError(
             f"batch_norm in training needs more than one value per channel, but the input of shape "
             f"{tuple(input.shape)} has exactly 1 value per channel (axis {axis}): a batch of one "
@@ -218,6 +221,14 @@ def update_running_stats(
 # --------------------------------------------------------------------------- step 2: normalize (+ autograd)
 
 
+def _one_value_error(shape: tuple[int, ...], axis: int, count: int) -> ValueError:
+    return ValueError(
+        f"synchronized batch_norm in training needs more than one value per channel over all "
+        f"processes, but they hold {count} in all (this process's input has shape {shape}, "
+        f"channel axis {axis}). Use a global batch of at least 2, or call model.eval()"
+    )
+
+
 def _scale_shift(
     inv_std: Tensor, weight: Tensor | None, bias: Tensor | None
 ) -> tuple[Tensor, Tensor]:
@@ -228,38 +239,67 @@ def _scale_shift(
 
 
 class _BatchNormTrain(torch.autograd.Function):
-    """Batch statistics forward (eq. 1-4) with the closed-form backward (eq. 9, 10, 12)."""
+    """Batch statistics forward (eq. 1-4) with the closed-form backward (eq. 9, 10, 12).
+
+    With a ``process_group`` the statistics are those of the union of every rank's batch
+    (one collective, ``_sync.all_gather_stats``) and the backward's two sums are summed over
+    the ranks (one collective, ``_sync.all_reduce_sums``); a rank may hold zero samples and
+    still joins both. The weight and bias gradients stay this rank's own share,
+    ``sum(dy * x_hat)`` and ``sum(dy)`` over its samples: summed over the ranks (DDP's
+    gradient all-reduce) they are the gradients of the concatenated batch.
+
+    Returns ``(y, mean, var, count)``; ``count`` (an int) is the number of values per channel
+    behind ``mean`` and ``var``, over every rank when synchronized.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int):
+    def forward(
+        ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int,
+        process_group=None,
+    ):
         kern = kernels.get(x, axis)
-        count = x.numel() // x.shape[axis]
+        channels = x.shape[axis]
+        local = x.numel() // channels
+        if local > 0:
+            mean, var = kern.stats(x, axis)
+        else:
+            mean = x.new_zeros(channels, dtype=torch.float64)
+            var = x.new_zeros(channels, dtype=acc_dtype(x.dtype))
+        count = local
+        if process_group is not None:
+            mean, var, count = _sync.all_gather_stats(mean, var, local, process_group)
+            if count == 1:  # every rank sees the same count, so every rank raises: no hang
+                raise _one_value_error(tuple(x.shape), axis, count)
         if count == 0:
             # An empty batch: nothing to normalize, no statistics to trust.
-            mean = x.new_zeros(x.shape[axis], dtype=torch.float64)
-            var = x.new_full((x.shape[axis],), float("nan"), dtype=acc_dtype(x.dtype))
+            var = x.new_full((channels,), float("nan"), dtype=acc_dtype(x.dtype))
             inv_std = torch.zeros_like(var)
             y = x.clone()
         else:
-            mean, var = kern.stats(x, axis)
             inv_std = torch.rsqrt(var + eps)
             scale, shift = _scale_shift(inv_std, weight, bias)
-            y = kern.normalize(x, axis, mean, scale, shift)
+            y = kern.normalize(x, axis, mean, scale, shift) if local > 0 else x.clone()
         ctx.save_for_backward(x, weight, mean, inv_std)
-        ctx.axis, ctx.eps, ctx.count = axis, eps, count
+        ctx.axis, ctx.eps, ctx.count, ctx.group = axis, eps, count, process_group
         ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        return y, mean, var, count
 
     @staticmethod
-    def backward(ctx, dy: Tensor, _dmean: Tensor | None, _dvar: Tensor | None):
+    def backward(ctx, dy: Tensor, _dmean: Tensor | None, _dvar: Tensor | None, _dcount: None):
         x, weight, mean, inv_std = ctx.saved_tensors
-        axis, m = ctx.axis, ctx.count
+        axis, m, group = ctx.axis, ctx.count, ctx.group
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if m == 0:
             zeros = lambda t: None if t is None else torch.zeros_like(t)  # noqa: E731
             return (dy.clone() if need_x else None, zeros(weight) if need_w else None,
-                    zeros(weight) if need_b else None, None, None)
+                    zeros(weight) if need_b else None, None, None, None)
         if torch.is_grad_enabled():
+            if group is not None:
+                raise RuntimeError(
+                    "double backward (create_graph=True) through synchronized batch norm is not "
+                    "supported: the statistics' collectives are not differentiable. Use local "
+                    "batch norm (process_group=None) for higher-order gradients"
+                )
             # create_graph=True: recompute the statistics from x with differentiable ops so the
             # double backward sees how mean and inv_std depend on x.
             kern = kernels.NATIVE
@@ -267,17 +307,27 @@ class _BatchNormTrain(torch.autograd.Function):
             inv_std = torch.rsqrt(var + ctx.eps)
         else:
             kern = kernels.get(x, axis)
-        sum_dy, sum_dy_xmu = kern.backward_reduce(dy, x, axis, mean)
+        if x.numel() > 0:
+            sum_dy, sum_dy_xmu = kern.backward_reduce(dy, x, axis, mean)
+        else:  # an empty rank of a synchronized batch
+            sum_dy, sum_dy_xmu = torch.zeros_like(inv_std), torch.zeros_like(inv_std)
         grad_x = grad_w = grad_b = None
         if need_w:
             grad_w = (sum_dy_xmu * inv_std).to(weight.dtype)  # (eq. 9) sum(dy * x_hat)
         if need_b:
             grad_b = sum_dy.to(weight.dtype if weight is not None else dy.dtype)  # (eq. 10)
         if need_x:
+            if group is not None:
+                # dx of this rank's samples depends on every rank's dy through the two sums.
+                sum_dy, sum_dy_xmu = _sync.all_reduce_sums(sum_dy, sum_dy_xmu, group)
             k = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
             # (eq. 12) dx = k * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
-            grad_x = kern.backward_elemt(dy, x, axis, mean, k, sum_dy / m, sum_dy_xmu / m * inv_std * inv_std)
-        return grad_x, grad_w, grad_b, None, None
+            grad_x = (
+                kern.backward_elemt(dy, x, axis, mean, k, sum_dy / m, sum_dy_xmu / m * inv_std * inv_std)
+                if x.numel() > 0
+                else dy.clone()
+            )
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 class _BatchNormEval(torch.autograd.Function):
@@ -327,6 +377,7 @@ def batch_norm(
     num_batches_tracked: Tensor | None = None,
     store_unbiased: bool = True,
     skipped_updates: Tensor | None = None,
+    process_group: object | None = None,
 ) -> Tensor:
     """Batch normalization with the semantics of :func:`torch.nn.functional.batch_norm`.
 
@@ -358,6 +409,11 @@ def batch_norm(
             batch variance in ``running_var``.
         skipped_updates: keyword-only scalar counter of updates skipped because the batch
             statistics were not finite (running statistics are never overwritten with NaN/inf).
+        process_group: keyword-only ``torch.distributed`` group (e.g. ``dist.group.WORLD``) to
+            synchronize over in training, or None (local). Every rank of the group must call
+            with the same layer in the same order; the statistics are those of the union of
+            their batches (a rank may hold zero samples) and the running statistics, updated
+            with the global count, are identical on every rank. See ``batchnorm._sync``.
 
     Shape:
         input (N, C, *) for ``axis=1``; output the same shape and dtype as input.
@@ -369,23 +425,29 @@ def batch_norm(
         TypeError: non-tensor or non-floating input or parameters.
         ValueError: rank < 2, axis out of range, a parameter with the wrong number of
             channels or on another device, eps <= 0, momentum outside [0, 1], one value per
-            channel in training, missing running statistics in evaluation.
+            channel in training (over all ranks when synchronized), missing running statistics
+            in evaluation.
 
     Example:
         >>> x = torch.randn(8, 3, 4, 4)
         >>> rm, rv = torch.zeros(3), torch.ones(3)
         >>> y = batch_norm(x, rm, rv, training=True)
     """
-    axis = _check_inputs(input, running_mean, running_var, weight, bias, training, momentum, eps, axis)
+    synchronized = training and process_group is not None
+    axis = _check_inputs(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, axis, synchronized
+    )
     if training:
-        y, mean, var = _BatchNormTrain.apply(input, weight, bias, eps, axis)
-        if running_mean is not None and input.numel() > 0:
+        y, mean, var, count = _BatchNormTrain.apply(
+            input, weight, bias, eps, axis, process_group if synchronized else None
+        )
+        if running_mean is not None and count > 0:
             update_running_stats(
                 running_mean,
                 running_var,
                 mean,
                 var,
-                input.numel() // input.shape[axis],
+                count,
                 momentum,
                 num_batches_tracked=num_batches_tracked,
                 store_unbiased=store_unbiased,

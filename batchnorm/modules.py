@@ -132,7 +132,15 @@ class BatchNorm(_BatchNorm):
             num_batches_tracked=self.num_batches_tracked if update else None,
             store_unbiased=self.store_unbiased,
             skipped_updates=self.skipped_updates if update else None,
+            process_group=self._sync_group() if self.training else None,
         )
+
+    def _sync_group(self) -> object | None:
+        """The ``torch.distributed`` group to synchronize the statistics over, or None (local).
+
+        Local here; :class:`batchnorm.distributed.SyncBatchNorm` overrides it.
+        """
+        return None
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
