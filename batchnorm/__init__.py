@@ -7,6 +7,9 @@ from . import functional as functional
 from .functional import batch_norm as batch_norm
 from .functional import batch_normalization as batch_normalization
 from .functional import moments as moments
+from .distributed import SyncBatchNorm as SyncBatchNorm
+from .distributed import convert_sync_batchnorm as convert_sync_batchnorm
+from .distributed import revert_sync_batchnorm as revert_sync_batchnorm
 from .modules import BatchNorm as BatchNorm
 from .modules import BatchNorm1d as BatchNorm1d
 from .modules import BatchNorm2d as BatchNorm2d
@@ -23,4 +26,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
+    "revert_sync_batchnorm",
 ]

@@ -68,7 +68,11 @@ def all_gather_stats(mean: Tensor, var: Tensor, count: int, group) -> tuple[Tens
     means, m2s = gathered[:, 1 : 1 + channels], gathered[:, 1 + channels :]  # (W, C) each
     total = int(counts.sum().item())
     if total == 0:
-        return mean.new_zeros(channels, dtype=torch.float64), var.new_full((channels,), float("nan")), 0
+        return (
+            mean.new_zeros(channels, dtype=torch.float64),
+            var.new_full((channels,), float("nan")),
+            0,
+        )
     # (eq. 22) Two-pass weighted mean: the correction sum(n (mu_k - ref)) / N subtracts means
     # of similar size only.
     ref = (counts * means).sum(0) / total
