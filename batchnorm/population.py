@@ -274,21 +274,34 @@ def recompute_statistics(
             if id(m) in counters:
                 m.num_batches_tracked.copy_(counters[id(m)])
 
-    if seen_batches == 0:
-        raise ValueError("recompute_statistics got no batch: the iterable was empty")
+    import torch.distributed as dist
+
+    distributed = (
+        dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1
+    )
     ordered = [accs[id(m)] for _, m in layers]
-    missing = [name for (name, _), a in zip(layers, ordered) if a.mean is None]
+    if distributed:
+        # A process whose shard is empty (or reached no layer) still joins the collectives,
+        # contributing count 0; the checks below then run on global counts, on every rank
+        # alike, so no rank is left waiting in a collective.
+        for (_, m), a in zip(layers, ordered):
+            if a.mean is None:
+                zeros = torch.zeros(m.num_features, dtype=torch.float64, device=device)
+                a.count, a.mean, a.m2, a.paper = 0.0, zeros, zeros.clone(), zeros.clone()
+        merged = _all_reduce_pooled(ordered, process_group)
+        missing = [name for (name, _), (count, *_) in zip(layers, merged) if count == 0]
+        if len(missing) == len(layers):
+            raise ValueError("recompute_statistics got no batch on any process")
+    else:
+        if seen_batches == 0:
+            raise ValueError("recompute_statistics got no batch: the iterable was empty")
+        missing = [name for (name, _), a in zip(layers, ordered) if a.mean is None]
+        merged = [(a.count, a.mean, a.m2, a.paper) for a in ordered]
     if missing:
         raise ValueError(
             f"no batch reached the BN layer(s) {missing}; check that forward runs them, "
             "or remove them from the model"
         )
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1:
-        merged = _all_reduce_pooled(ordered, process_group)
-    else:
-        merged = [(a.count, a.mean, a.m2, a.paper) for a in ordered]
 
     with torch.no_grad():
         for (_, m), (count, mean, m2, paper) in zip(layers, merged):
