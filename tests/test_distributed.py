@@ -27,6 +27,7 @@ from torch import nn
 from batchnorm import reference as ref
 from batchnorm.distributed import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm
 from batchnorm.modules import BatchNorm, BatchNorm1d, BatchNorm2d
+from batchnorm.population import recompute_statistics
 
 pytestmark = pytest.mark.distributed
 
@@ -228,6 +229,60 @@ def _worker_layer(rank: int, world: int) -> None:
     except RuntimeError as e:
         raised = "double backward" in str(e)
     assert _all_true(raised)
+
+    _check_population(rank, world)
+
+
+# --------------------------------------------------------------------------- workers: population
+
+
+def _pop_net() -> nn.Module:
+    torch.manual_seed(2)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3),
+        BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 2 * 2, 4),
+        nn.BatchNorm1d(4),  # torch's layer counts too
+    ).double()
+
+
+def _pop_batches(sizes_per_rank: list[list[int]]) -> list[list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(11)
+    return [
+        [torch.randn(n, 2, 4, 4, generator=g, dtype=F64) * 2 + 5 for n in sizes]
+        for sizes in sizes_per_rank
+    ]
+
+
+def _check_population(rank: int, world: int) -> None:
+    """recompute_statistics across processes equals one process on every rank's batches."""
+    solos = [dist.new_group([r]) for r in range(world)]  # every rank creates every group
+    # Unequal shards, and rank 2 has no batch at all: it still joins the collectives.
+    batches = _pop_batches([[5, 3, 4], [6], [], [2, 7]])
+    model = recompute_statistics(_pop_net(), batches[rank])
+    one = recompute_statistics(
+        _pop_net(), [b for bs in batches for b in bs], process_group=solos[rank]
+    )
+    for (name, a), b in zip(model.state_dict().items(), one.state_dict().values(), strict=True):
+        _close(a, b, f"rank {rank} population {name}", rtol=1e-10, atol=1e-12)
+    # The first layer against the NumPy oracle on the concatenated conv outputs.
+    with torch.no_grad():
+        feats = torch.cat([model[0](b) for bs in batches for b in bs]).numpy()
+    mean, var = ref.moments(feats, axis=1)
+    n = feats.size // feats.shape[1]
+    _close(model[1].running_mean, mean, f"rank {rank} population mean vs reference")
+    _close(model[1].running_var, ref.unbiased(var, n), f"rank {rank} population var vs reference")
+
+    # With SyncBatchNorm layers the earlier layers normalize with the *global* batch, as one
+    # process does on the concatenation of the k-th batch of every rank (same batch count).
+    batches = _pop_batches([[3, 2], [0, 4], [5, 1], [2, 2]])
+    synced = recompute_statistics(convert_sync_batchnorm(_pop_net()), batches[rank])
+    joined = [torch.cat([bs[k] for bs in batches]) for k in range(2)]
+    one = recompute_statistics(_pop_net(), joined, process_group=solos[rank])
+    for (name, a), b in zip(synced.state_dict().items(), one.state_dict().values(), strict=True):
+        _close(a, b, f"rank {rank} synchronized population {name}", rtol=1e-10, atol=1e-12)
 
 
 def test_sync_layer_matches_concatenated_batch_4_processes():
