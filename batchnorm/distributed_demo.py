@@ -213,10 +213,12 @@ def _write(out: Path, config: dict, curve: list[tuple[int, int, float]], summary
 
 def compare(run_a: str, run_b: str, checkpoints: int = 8) -> str:
     """A table of two runs' loss curves side by side, their largest gap and final accuracies."""
-    curves, summaries = [], []
+    curves, summaries, epochs = [], [], {}
     for run in (run_a, run_b):
         with open(Path(run) / "metrics.csv") as f:
-            curves.append({int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(f)})
+            rows = list(csv.DictReader(f))
+        curves.append({int(r["step"]): float(r["train_loss"]) for r in rows})
+        epochs.update({int(r["step"]): int(r["epoch"]) for r in rows})
         summaries.append(json.loads((Path(run) / "summary.json").read_text()))
     steps = sorted(set(curves[0]) & set(curves[1]))
     if not steps:
@@ -235,6 +237,13 @@ def compare(run_a: str, run_b: str, checkpoints: int = 8) -> str:
         a, b = curves[0][s], curves[1][s]
         lines.append(f"| {s} | {a:.6f} | {b:.6f} | {a - b:+.1e} |")
     gap = max(abs(curves[0][s] - curves[1][s]) for s in steps)
+    # Per-epoch means: float32 runs drift apart step by step (rounding, amplified by
+    # training), their averages do not.
+    for e in sorted({epochs[s] for s in steps}):
+        in_e = [s for s in steps if epochs[s] == e]
+        a = sum(curves[0][s] for s in in_e) / len(in_e)
+        b = sum(curves[1][s] for s in in_e) / len(in_e)
+        lines.append(f"| epoch {e} mean | {a:.6f} | {b:.6f} | {a - b:+.1e} |")
     lines.append("")
     lines.append(f"largest |difference| of the training loss over {len(steps)} steps: {gap:.3e}")
     for name, s in zip(names, summaries, strict=True):
