@@ -37,6 +37,7 @@ __all__ = [
     "update_running_stats",
     "moments",
     "batch_normalization",
+    "inference_affine",
 ]
 
 
@@ -225,6 +226,47 @@ def _scale_shift(
     scale = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
     shift = torch.zeros_like(inv_std) if bias is None else bias.to(inv_std.dtype)
     return scale, shift
+
+
+def inference_affine(
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor]:
+    """The fixed per-channel affine map that BN is at inference (eq. 23), without autograd.
+
+    ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``, so that
+    ``BN(x) = x * scale + shift``. Used to fold BN into a neighbouring layer's weights; the
+    normalize step itself keeps the mean-first form ``(x - mean) * scale + beta`` (§9).
+
+    Args:
+        running_mean, running_var: the statistics, shape (C,).
+        weight, bias: gamma and beta, (C,) or None (1 and 0).
+        eps: added to the variance; 0 is accepted here (torch.nn allows it) as long as
+            every ``var + eps`` is positive.
+        dtype: the dtype of the computation and the result (float64 for folding).
+
+    Returns:
+        ``(scale, shift)``, each (C,) in ``dtype``.
+
+    Raises:
+        ValueError: ``var + eps <= 0`` or not finite in some channel (scale would be inf/NaN).
+    """
+    with torch.no_grad():
+        var = running_var.to(dtype) + eps
+        bad = ~(torch.isfinite(var) & (var > 0))
+        if bad.any():
+            raise ValueError(
+                f"var + eps must be finite and > 0 in every channel, got var + eps = "
+                f"{var[bad].tolist()} in channels {bad.nonzero().flatten().tolist()} (eps={eps}); "
+                "BN with eps=0 on a constant channel has no finite inference map: use eps > 0"
+            )
+        inv_std = torch.rsqrt(var)
+        scale, beta = _scale_shift(inv_std, weight, bias)
+        return scale, beta - running_mean.to(dtype) * scale  # (eq. 23)
 
 
 class _BatchNormTrain(torch.autograd.Function):
