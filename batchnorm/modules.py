@@ -112,13 +112,24 @@ class BatchNorm(_BatchNorm):
                 f"{type(self).__name__} expects an input of rank >= 2, got shape {tuple(input.shape)}"
             )
 
+    # Statistics policy (batchnorm.freeze.set_stats_mode): None follows self.training as
+    # torch.nn does; "batch" / "running" / "frozen" fix the choice through model.train().
+    stats_mode: str | None = None
+
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         # As torch.nn: batch statistics in training, and in eval when there are no running
         # statistics; buffers are passed (and so updated) only when they are tracked.
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        pass_buffers = not self.training or self.track_running_stats
-        update = self.training and self.track_running_stats
+        no_stats = self.running_mean is None and self.running_var is None
+        if self.stats_mode is None:
+            use_batch_stats = self.training or no_stats
+            update = self.training and self.track_running_stats
+            if update and torch.is_grad_enabled() and self.affine:
+                _warn_if_params_frozen(self)
+        else:
+            use_batch_stats = self.stats_mode == "batch" or no_stats
+            update = self.stats_mode == "batch" and self.training and self.track_running_stats
+        pass_buffers = update or not use_batch_stats
         return F.batch_norm(
             input,
             self.running_mean if pass_buffers else None,
@@ -142,7 +153,19 @@ class BatchNorm(_BatchNorm):
             s += f", center={self.bias is not None}, scale={self.weight is not None}"
         if not self.store_unbiased:
             s += ", store_unbiased=False"
+        if self.stats_mode is not None:
+            s += f", stats_mode={self.stats_mode!r}"
         return s
+
+
+def _warn_if_params_frozen(bn: BatchNorm) -> None:
+    """Warn once per layer: gamma/beta frozen while the running statistics still move."""
+    params = [p for p in (bn.weight, bn.bias) if p is not None]
+    if params and not any(p.requires_grad for p in params) and not getattr(bn, "_warned_frozen", False):
+        from .freeze import warn_frozen_params_updating  # lazy: freeze imports this module
+
+        bn._warned_frozen = True
+        warn_frozen_params_updating(bn)
 
 
 class _FixedRank(BatchNorm):
