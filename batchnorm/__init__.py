@@ -11,6 +11,19 @@ from .modules import BatchNorm as BatchNorm
 from .modules import BatchNorm1d as BatchNorm1d
 from .modules import BatchNorm2d as BatchNorm2d
 from .modules import BatchNorm3d as BatchNorm3d
+from .freeze import FrozenBatchNorm as FrozenBatchNorm
+from .freeze import FrozenBatchNorm1d as FrozenBatchNorm1d
+from .freeze import FrozenBatchNorm2d as FrozenBatchNorm2d
+from .freeze import FrozenBatchNorm3d as FrozenBatchNorm3d
+from .freeze import FrozenStatisticsWarning as FrozenStatisticsWarning
+from .freeze import check_frozen as check_frozen
+from .freeze import freeze as freeze
+from .freeze import set_stats_mode as set_stats_mode
+from .freeze import unfreeze as unfreeze
+from .fold import FoldReport as FoldReport
+from .fold import fold as fold
+from .fold import fold_bn_layer as fold_bn_layer
+from .fold import fold_layer_bn as fold_layer_bn
 
 __version__ = "0.1.0"
 
@@ -23,4 +36,17 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "FrozenBatchNorm",
+    "FrozenBatchNorm1d",
+    "FrozenBatchNorm2d",
+    "FrozenBatchNorm3d",
+    "FrozenStatisticsWarning",
+    "check_frozen",
+    "freeze",
+    "set_stats_mode",
+    "unfreeze",
+    "FoldReport",
+    "fold",
+    "fold_bn_layer",
+    "fold_layer_bn",
 ]

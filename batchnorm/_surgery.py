@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
 
-def replace_modules(model: nn.Module, fn: Callable[[str, nn.Module], nn.Module | None]) -> nn.Module:
+def replace_modules(
+    model: nn.Module, fn: Callable[[str, nn.Module], nn.Module | None]
+) -> nn.Module:
     """Replace every submodule ``m`` (named ``name``) for which ``fn(name, m)`` is not None.
 
     The model is changed in place and returned; if the model itself is replaced, the
@@ -23,7 +25,9 @@ def replace_modules(model: nn.Module, fn: Callable[[str, nn.Module], nn.Module |
     return model
 
 
-def _replace_children(module: nn.Module, prefix: str, fn: Callable[[str, nn.Module], nn.Module | None]) -> None:
+def _replace_children(
+    module: nn.Module, prefix: str, fn: Callable[[str, nn.Module], nn.Module | None]
+) -> None:
     for name, child in list(module.named_children()):
         full = f"{prefix}.{name}" if prefix else name
         new = fn(full, child)

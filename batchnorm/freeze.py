@@ -130,24 +130,36 @@ class FrozenBatchNorm(nn.Module):
         if cls is FrozenBatchNorm:
             cls = _FROZEN_BY_RANK.get(type(bn), FrozenBatchNorm)
         kw: dict[str, Any] = {} if cls._ranks else {"axis": axis}
-        new = cls(bn.num_features, bn.eps, device=bn.running_mean.device, dtype=bn.running_mean.dtype, **kw)
+        new = cls(
+            bn.num_features,
+            bn.eps,
+            device=bn.running_mean.device,
+            dtype=bn.running_mean.dtype,
+            **kw,
+        )
         with torch.no_grad():
             new.running_mean.copy_(bn.running_mean)
             new.running_var.copy_(bn.running_var)
             w, b = getattr(bn, "weight", None), getattr(bn, "bias", None)
-            new.weight = (w.detach().clone() if w is not None else torch.ones_like(new.running_mean))
-            new.bias = (b.detach().clone() if b is not None else torch.zeros_like(new.running_mean))
+            new.weight = w.detach().clone() if w is not None else torch.ones_like(new.running_mean)
+            new.bias = b.detach().clone() if b is not None else torch.zeros_like(new.running_mean)
         return new
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # A torch / batchnorm BN state dict carries num_batches_tracked; an affine=False one
         # has no weight/bias (identity gamma, beta).
         state_dict.pop(prefix + "num_batches_tracked", None)
         if prefix + "running_mean" in state_dict:
             for key, fill in (("weight", 1.0), ("bias", 0.0)):
                 if prefix + key not in state_dict:
-                    state_dict[prefix + key] = torch.full_like(state_dict[prefix + "running_mean"], fill)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+                    state_dict[prefix + key] = torch.full_like(
+                        state_dict[prefix + "running_mean"], fill
+                    )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def _check_input_dim(self, input: Tensor) -> None:
         if self._ranks and input.dim() not in self._ranks:
@@ -160,7 +172,15 @@ class FrozenBatchNorm(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         return F.batch_norm(
-            input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps, axis=self.axis
+            input,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            False,
+            0.0,
+            self.eps,
+            axis=self.axis,
         )
 
     def extra_repr(self) -> str:
@@ -213,7 +233,9 @@ def freeze(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: a BN layer has no running statistics.
     """
-    return replace_modules(model, lambda _n, m: FrozenBatchNorm.from_bn(m) if isinstance(m, _BatchNorm) else None)
+    return replace_modules(
+        model, lambda _n, m: FrozenBatchNorm.from_bn(m) if isinstance(m, _BatchNorm) else None
+    )
 
 
 def unfreeze(model: nn.Module, to: str = "batchnorm", momentum: float | None = 0.1) -> nn.Module:
@@ -259,7 +281,6 @@ def unfreeze(model: nn.Module, to: str = "batchnorm", momentum: float | None = 0
     return replace_modules(model, swap)
 
 
-
 def set_stats_mode(model: nn.Module, mode: str | None) -> nn.Module:
     """Set the statistics policy of every :class:`batchnorm.BatchNorm` layer in ``model``.
 
@@ -286,7 +307,11 @@ def set_stats_mode(model: nn.Module, mode: str | None) -> nn.Module:
     """
     if mode not in STATS_MODES:
         raise ValueError(f"mode must be one of {STATS_MODES}, got {mode!r}")
-    foreign = [n or type(m).__name__ for n, m in model.named_modules() if isinstance(m, _BatchNorm) and not isinstance(m, BatchNorm)]
+    foreign = [
+        n or type(m).__name__
+        for n, m in model.named_modules()
+        if isinstance(m, _BatchNorm) and not isinstance(m, BatchNorm)
+    ]
     if foreign:
         raise TypeError(
             f"set_stats_mode needs batchnorm's layers, but {foreign} are torch.nn BN layers; "
