@@ -4,13 +4,15 @@
 """
 
 from . import functional as functional
-from .functional import batch_norm as batch_norm
-from .functional import batch_normalization as batch_normalization
-from .functional import moments as moments
-from .modules import BatchNorm as BatchNorm
-from .modules import BatchNorm1d as BatchNorm1d
-from .modules import BatchNorm2d as BatchNorm2d
-from .modules import BatchNorm3d as BatchNorm3d
+from .convert import KerasBatchNorm as KerasBatchNorm
+from .convert import convert as convert
+from .convert import from_keras as from_keras
+from .convert import load_keras_weights as load_keras_weights
+from .convert import to_keras as to_keras
+from .fold import FoldReport as FoldReport
+from .fold import fold as fold
+from .fold import fold_bn_layer as fold_bn_layer
+from .fold import fold_layer_bn as fold_layer_bn
 from .freeze import FrozenBatchNorm as FrozenBatchNorm
 from .freeze import FrozenBatchNorm1d as FrozenBatchNorm1d
 from .freeze import FrozenBatchNorm2d as FrozenBatchNorm2d
@@ -20,10 +22,13 @@ from .freeze import check_frozen as check_frozen
 from .freeze import freeze as freeze
 from .freeze import set_stats_mode as set_stats_mode
 from .freeze import unfreeze as unfreeze
-from .fold import FoldReport as FoldReport
-from .fold import fold as fold
-from .fold import fold_bn_layer as fold_bn_layer
-from .fold import fold_layer_bn as fold_layer_bn
+from .functional import batch_norm as batch_norm
+from .functional import batch_normalization as batch_normalization
+from .functional import moments as moments
+from .modules import BatchNorm as BatchNorm
+from .modules import BatchNorm1d as BatchNorm1d
+from .modules import BatchNorm2d as BatchNorm2d
+from .modules import BatchNorm3d as BatchNorm3d
 
 __version__ = "0.1.0"
 
@@ -45,6 +50,11 @@ __all__ = [
     "freeze",
     "set_stats_mode",
     "unfreeze",
+    "KerasBatchNorm",
+    "convert",
+    "from_keras",
+    "load_keras_weights",
+    "to_keras",
     "FoldReport",
     "fold",
     "fold_bn_layer",
