@@ -427,9 +427,10 @@ def to_keras(
         )
     if batch_count is not None and batch_count < 2:
         raise ValueError(f"batch_count must be >= 2, got {batch_count}")
-    as_np = lambda t: (
-        None if t is None else t.detach().cpu().to(torch.float64).numpy().astype(np.float32)
-    )  # noqa: E731
+
+    def as_np(t: torch.Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.detach().cpu().to(torch.float64).numpy().astype(np.float32)
+
     var = bn.running_var.detach().cpu().to(torch.float64).numpy()
     if batch_count is not None and getattr(
         bn, "store_unbiased", not isinstance(bn, FrozenBatchNorm)
