@@ -20,9 +20,12 @@ layer's dtype.
 ``torch.fx`` symbolic tracing, any module) and returns a new model and a :class:`FoldReport`
 with the error measured on a probe batch.
 
-Unlike ``torch.fx.experimental.optimization.fuse``, which folds whatever it finds (and whose
-result is silently wrong for a model left in training mode), :func:`fold` refuses a model in
-training mode and a BN that has no running statistics.
+Compared with ``torch.fx.experimental.optimization.fuse`` (torch 2.13): that one matches exact
+types only (not ConvTranspose, not subclasses such as ours), returns a ``GraphModule``, does
+not measure its result, and folds a conv that is called twice into the first BN, silently
+changing the second call. :func:`fold` keeps the model's class, handles every layer kind, skips
+shared layers with the reason, and reports the error on a probe batch. Like ``fuse`` it refuses
+a model in training mode (a ValueError, not an AssertionError) and a BN without statistics.
 """
 
 from __future__ import annotations
@@ -294,13 +297,12 @@ def _find_pairs(
             report.skipped.append((full(node.target), "called more than once in forward"))
             continue
         src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
-        if (
+        src_is_layer = (
             isinstance(src, torch.fx.Node)
             and src.op == "call_module"
             and isinstance(module.get_submodule(src.target), FOLDABLE_LAYERS)
-            and calls[src.target] == 1
-            and len(src.users) == 1
-        ):
+        )
+        if src_is_layer and calls[src.target] == 1 and len(src.users) == 1:
             pairs.append((full(src.target), full(node.target), "layer->bn"))
             continue
         users = list(node.users)
@@ -316,12 +318,13 @@ def _find_pairs(
         ):
             pairs.append((full(node.target), full(dst.target), "bn->layer"))
             continue
-        report.skipped.append(
-            (
-                full(node.target),
-                "neither fed only by a Linear/Conv layer's output nor feeding only one such layer",
-            )
-        )
+        if src_is_layer and calls[src.target] > 1:
+            why = f"its input layer {full(src.target)!r} is called more than once (shared weights)"
+        elif src_is_layer:
+            why = f"the output of {full(src.target)!r} is also used elsewhere, so the BN cannot move into it"
+        else:
+            why = "not fed by a Linear/Conv layer's output alone, nor feeding one such layer alone"
+        report.skipped.append((full(node.target), why))
     return pairs
 
 
