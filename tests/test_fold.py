@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import batchnorm
@@ -367,3 +369,49 @@ def test_fold_errors():
     # A user-given probe that fails is the user's error, raised as is.
     with pytest.raises(RuntimeError):
         fold(nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)).eval(), torch.randn(2, 5))
+
+
+# --------------------------------------------------------------------------- property
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    groups=st.integers(1, 3),
+    cin_g=st.integers(1, 3),
+    cout_g=st.integers(1, 3),
+    kernel=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    dilation=st.integers(1, 2),
+    padding=st.integers(0, 2),
+    transposed=st.booleans(),
+    dims=st.integers(1, 3),
+    bias=st.booleans(),
+)
+def test_property_eval_bn_equals_its_fold(
+    groups, cin_g, cout_g, kernel, stride, dilation, padding, transposed, dims, bias
+):
+    torch.manual_seed(7)
+    cin, cout = groups * cin_g, groups * cout_g
+    if transposed:
+        cls = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[dims - 1]
+        layer = cls(
+            cin, cout, kernel, stride=stride, padding=0, dilation=dilation, groups=groups, bias=bias
+        )
+    else:
+        cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+        layer = cls(
+            cin,
+            cout,
+            kernel,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
+    layer = layer.double()
+    bn = randomize(nn.BatchNorm1d(cout)).double()
+    x = torch.randn(2, cin, *([5] * dims), dtype=torch.float64)
+    with torch.no_grad():
+        got = fold_layer_bn(layer, bn)(x).numpy()
+    np.testing.assert_allclose(got, bn_reference(layer(x), bn), rtol=1e-10, atol=1e-10)
