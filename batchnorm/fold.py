@@ -67,6 +67,11 @@ def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
     """``(scale, shift)`` of eq. 23 in float64, after checking that BN has fixed statistics."""
     if not _is_bn(bn):
         raise TypeError(f"expected a batch-norm layer (ours or torch.nn), got {type(bn).__name__}")
+    if getattr(bn, "activation", None) not in (None, "identity"):
+        raise ValueError(
+            f"{type(bn).__name__} applies an activation ({bn.activation}) after normalizing, which "
+            "a folded layer would drop; fold a plain BN followed by the activation instead"
+        )
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(
             f"{type(bn).__name__} has no running statistics (track_running_stats=False): it "

@@ -120,6 +120,12 @@ class FrozenBatchNorm(nn.Module):
             ValueError: the layer has no running statistics (``track_running_stats=False``),
                 or uses ``eps <= 0``.
         """
+        if getattr(bn, "activation", None) not in (None, "identity"):
+            raise ValueError(
+                f"cannot freeze {type(bn).__name__}: it applies an activation ({bn.activation}) after "
+                "normalizing, which a FrozenBatchNorm would drop; freeze it with "
+                "set_stats_mode(layer, 'frozen') on a plain BatchNorm followed by the activation"
+            )
         if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
             raise ValueError(
                 f"cannot freeze {type(bn).__name__}: it has no running statistics "
@@ -316,6 +322,17 @@ def set_stats_mode(model: nn.Module, mode: str | None) -> nn.Module:
         raise TypeError(
             f"set_stats_mode needs batchnorm's layers, but {foreign} are torch.nn BN layers; "
             "convert them first: model = batchnorm.convert(model, to='batchnorm')"
+        )
+    custom = [
+        n or type(m).__name__
+        for n, m in model.named_modules()
+        if isinstance(m, BatchNorm) and type(m).forward is not BatchNorm.forward
+    ]
+    if custom and mode is not None:
+        raise TypeError(
+            f"set_stats_mode: {custom} override BatchNorm.forward (ghost, renorm, fused activation), "
+            "which does not follow the statistics policy in training; freeze them with "
+            "batchnorm.freeze, or set the policy on plain batchnorm.BatchNorm layers only"
         )
     for m in model.modules():
         if isinstance(m, BatchNorm):

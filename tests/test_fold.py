@@ -415,3 +415,21 @@ def test_property_eval_bn_equals_its_fold(
     with torch.no_grad():
         got = fold_layer_bn(layer, bn)(x).numpy()
     np.testing.assert_allclose(got, bn_reference(layer(x), bn), rtol=1e-10, atol=1e-10)
+
+
+def test_fold_skips_fused_activation_and_folds_eval_variants():
+    torch.manual_seed(8)
+    model = randomize(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3), batchnorm.BatchNormAct2d(4, activation="relu"),
+            nn.Conv2d(4, 4, 1), batchnorm.BatchRenorm2d(4),
+            nn.Conv2d(4, 4, 1), batchnorm.GhostBatchNorm2d(4, ghost_size=2),
+        )
+    )  # fmt: skip
+    x = torch.randn(4, 3, 6, 6)
+    folded, report = fold(model, x)
+    assert [p[:2] for p in report.folded] == [("2", "3"), ("4", "5")]
+    assert report.skipped[0][0] == "1" and "activation" in report.skipped[0][1]
+    assert isinstance(folded[1], batchnorm.BatchNormAct2d)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)

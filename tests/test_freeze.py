@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -253,3 +254,28 @@ def test_check_frozen_finds_torch_layers():
         assert check_frozen(net) == ["1"]
     assert check_frozen(net.eval(), warn=False) == []
     assert check_frozen(freeze(net.train()), warn=False) == []
+
+
+def test_variants_with_their_own_forward():
+    # Ghost / renorm / fused-activation layers override forward: no policy, a clear error.
+    with pytest.raises(TypeError, match="override BatchNorm.forward"):
+        set_stats_mode(nn.Sequential(batchnorm.GhostBatchNorm2d(3, ghost_size=2)), "running")
+    set_stats_mode(
+        nn.Sequential(batchnorm.GhostBatchNorm2d(3, ghost_size=2)), None
+    )  # resetting is fine
+    # Freezing a BN with a fused activation would drop the activation.
+    with pytest.raises(ValueError, match="activation"):
+        freeze(nn.Sequential(batchnorm.BatchNormAct2d(3, activation="relu")))
+    # Renorm and ghost layers are plain BN in eval: they freeze to the same map.
+    bn = trained(batchnorm.BatchRenorm2d(3), (8, 3, 2, 2)).eval()
+    x = torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(freeze(copy.deepcopy(bn))(x), bn(x).detach())
+
+
+def test_doctor_does_not_flag_a_frozen_policy():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), batchnorm.BatchNorm2d(4), nn.ReLU())
+    model[1].requires_grad_(False)
+    x = torch.randn(4, 3, 8, 8)
+    assert [f.code for f in batchnorm.diagnose(model.train(), x) if f.code == "frozen-bn-updating"]
+    set_stats_mode(model, "frozen")
+    assert not [f.code for f in batchnorm.diagnose(model.train(), x) if f.code == "frozen-bn-updating"]
