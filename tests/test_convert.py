@@ -135,3 +135,10 @@ def test_errors():
     bn.register_parameter("bias", None)  # scale without center, as BatchNorm(center=False)
     with pytest.raises(ValueError, match="only one of gamma, beta"):
         convert(bn, to="torch")
+
+
+def test_failed_conversion_leaves_the_model_unchanged():
+    model = nn.Sequential(batchnorm.BatchNorm1d(2), batchnorm.BatchNorm(2, axis=-1))
+    with pytest.raises(ValueError, match="no torch.nn equivalent"):
+        convert(model, to="torch")
+    assert type(model[0]) is batchnorm.BatchNorm1d
