@@ -278,4 +278,6 @@ def test_doctor_does_not_flag_a_frozen_policy():
     x = torch.randn(4, 3, 8, 8)
     assert [f.code for f in batchnorm.diagnose(model.train(), x) if f.code == "frozen-bn-updating"]
     set_stats_mode(model, "frozen")
-    assert not [f.code for f in batchnorm.diagnose(model.train(), x) if f.code == "frozen-bn-updating"]
+    assert not [
+        f.code for f in batchnorm.diagnose(model.train(), x) if f.code == "frozen-bn-updating"
+    ]
