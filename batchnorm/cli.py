@@ -14,6 +14,7 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("batchnorm._demo", "train a small sigmoid network with and without BN on data it makes"),
+    "doctor": ("batchnorm.doctor", "find batch-norm mistakes in a model (module:function returning it)"),
 }
 
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ._surgery import replace_modules
 from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "revert_sync_batchnorm"]
@@ -54,7 +55,8 @@ class SyncBatchNorm(BatchNorm):
         num_features, eps, momentum, affine, track_running_stats, device, dtype: as
             :class:`~batchnorm.BatchNorm` (and ``torch.nn.SyncBatchNorm``).
         process_group: the group to synchronize over; None means the default (world) group.
-        axis, center, scale, store_unbiased: keyword-only, as :class:`~batchnorm.BatchNorm`.
+        axis, center, scale, store_unbiased, small_batch: keyword-only, as
+            :class:`~batchnorm.BatchNorm`; ``small_batch`` applies to the global count.
 
     Example:
         >>> # in each process started by torchrun, after dist.init_process_group("gloo")
@@ -77,6 +79,7 @@ class SyncBatchNorm(BatchNorm):
         center: bool | None = None,
         scale: bool | None = None,
         store_unbiased: bool = True,
+        small_batch: str = "raise",
     ) -> None:
         super().__init__(
             num_features,
@@ -90,6 +93,7 @@ class SyncBatchNorm(BatchNorm):
             center=center,
             scale=scale,
             store_unbiased=store_unbiased,
+            small_batch=small_batch,
         )
         self.process_group = process_group
 
@@ -127,6 +131,8 @@ def _swap(old: _BatchNorm, new: _BatchNorm) -> _BatchNorm:
     if isinstance(old, BatchNorm):
         new.skipped_updates = old.skipped_updates
     new.train(old.training)
+    if "stats_mode" in vars(old):  # a per-layer statistics policy (batchnorm.freeze)
+        new.stats_mode = old.stats_mode
     if hasattr(old, "qconfig"):
         new.qconfig = old.qconfig
     return new
@@ -142,6 +148,7 @@ def _hyper(module: _BatchNorm) -> dict:
         track_running_stats=module.track_running_stats,
         axis=getattr(module, "axis", 1),
         store_unbiased=getattr(module, "store_unbiased", True),
+        small_batch=getattr(module, "small_batch", "raise"),
     )
     if module.affine:
         kwargs.update(center=module.bias is not None, scale=module.weight is not None)
@@ -150,18 +157,6 @@ def _hyper(module: _BatchNorm) -> dict:
     if ref is not None:
         kwargs.update(device=ref.device, dtype=ref.dtype)
     return kwargs
-
-
-def _replace(module: nn.Module, convert) -> nn.Module:
-    """Apply ``convert`` to ``module`` and recursively to its children, in place."""
-    new = convert(module)
-    if new is not module:
-        return new
-    for name, child in module.named_children():
-        new_child = _replace(child, convert)
-        if new_child is not child:
-            module.add_module(name, new_child)
-    return module
 
 
 def convert_sync_batchnorm(
@@ -187,7 +182,7 @@ def convert_sync_batchnorm(
         >>> model = convert_sync_batchnorm(model)       # before wrapping it in DDP
     """
 
-    def convert(m: nn.Module) -> nn.Module:
+    def convert(name: str, m: nn.Module) -> nn.Module | None:
         if type(m) in _LOCAL_TYPES or type(m) is nn.SyncBatchNorm:
             group = (
                 process_group if process_group is not None else getattr(m, "process_group", None)
@@ -196,9 +191,9 @@ def convert_sync_batchnorm(
             # Remember the class to go back to (torch's SyncBatchNorm reverts to our BatchNorm).
             sync._local_type = type(m) if type(m) in _LOCAL_TYPES else BatchNorm
             return sync
-        return m
+        return None
 
-    return _replace(module, convert)
+    return replace_modules(module, convert)
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
@@ -216,21 +211,34 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
         ``module``, changed in place, or the new layer if ``module`` itself is one.
     """
 
-    def revert(m: nn.Module) -> nn.Module:
+    def revert(name: str, m: nn.Module) -> nn.Module | None:
         if not isinstance(m, (SyncBatchNorm, nn.SyncBatchNorm)):
-            return m
+            return None
         cls = getattr(m, "_local_type", BatchNorm)
         kwargs = _hyper(m)
         fixed = {k: v for k, v in kwargs.items() if k in _FIXED_ARGS}
-        # The fixed-rank classes (torch's and ours) have channels on axis 1, both or neither of
-        # gamma and beta, and (torch's) store the unbiased variance; otherwise the general one.
-        if cls is BatchNorm or kwargs != {**fixed, **_FIXED_DEFAULTS, **_affine(m)}:
-            local = BatchNorm(**kwargs)
-        else:
+        # The fixed-rank classes have channels on axis 1 and both or neither of gamma, beta;
+        # torch's also only store the unbiased variance, raise on one value per channel and
+        # know no statistics policy. What they cannot express goes to the general class.
+        expressible = kwargs["axis"] == 1 and kwargs.get("center", True) == kwargs.get(
+            "scale", True
+        )
+        if cls is not BatchNorm and issubclass(cls, BatchNorm) and expressible:
+            local = cls(**fixed, small_batch=kwargs["small_batch"])
+            local.store_unbiased = kwargs["store_unbiased"]
+        elif (
+            not issubclass(cls, BatchNorm)
+            and expressible
+            and kwargs["store_unbiased"]
+            and kwargs["small_batch"] == "raise"
+            and "stats_mode" not in vars(m)
+        ):
             local = cls(**fixed)
+        else:
+            local = BatchNorm(**kwargs)
         return _swap(m, local)
 
-    return _replace(module, revert)
+    return replace_modules(module, revert)
 
 
 _FIXED_ARGS = (
@@ -242,8 +250,3 @@ _FIXED_ARGS = (
     "device",
     "dtype",
 )
-_FIXED_DEFAULTS = {"axis": 1, "store_unbiased": True}
-
-
-def _affine(m: _BatchNorm) -> dict:
-    return {"center": True, "scale": True} if m.affine else {}
