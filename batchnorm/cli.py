@@ -15,6 +15,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("batchnorm._demo", "train a small sigmoid network with and without BN on data it makes"),
     "doctor": ("batchnorm.doctor", "find batch-norm mistakes in a model (module:function returning it)"),
+    "reproduce": ("batchnorm.experiments.reproduce", "run the articles' experiments on MNIST; write report.md/.html"),
+    "train": ("batchnorm.experiments.train_cli", "train one experiment config (options or a preset file)"),
 }
 
 

@@ -1,0 +1,130 @@
+"""``batchnorm reproduce``: run every experiment of :mod:`.suite`, then write the report.
+
+Finished runs (same config hash) are reused, so an interrupted reproduction resumes where
+it stopped and ``--quick`` and full runs can share a folder's runs. The report is
+rebuilt from the run files (``--report-only`` does only that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["add_arguments", "run", "reproduce"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="reduced protocols: a few minutes in all (for CI and a first look)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default reports/quick with --quick, else reports/full)")
+    p.add_argument("--only", default=None, metavar="IDS",
+                   help="comma-separated experiment ids: article001, figure1, lr_mlp, lr_lenet, init, "
+                        "dropout, batch_size, inference")
+    p.add_argument("--dataset", default="mnist", help="mnist (default), fashion-mnist, idx or synthetic")
+    p.add_argument("--data-dir", default="", help="folder of IDX files (for --dataset idx)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = all cores)")
+    p.add_argument("--force", action="store_true", help="retrain runs even if finished")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the report from the run files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--steps-cap", type=int, default=0, metavar="N",
+                   help="cap every run at N steps (smoke tests; results are meaningless)")
+
+
+def _planned(cfg, n_train: int) -> int:
+    n = min(n_train, cfg.train_samples) if cfg.train_samples > 0 else n_train
+    return cfg.steps if cfg.steps > 0 else cfg.epochs * (n // cfg.batch_size)
+
+
+def reproduce(out: str | Path, *, quick: bool = False, only: str | None = None, dataset: str = "mnist",
+              data_dir: str = "", threads: int = 0, force: bool = False, progress: bool = True,
+              steps_cap: int = 0, command: str = "batchnorm reproduce") -> tuple[Path, Path]:
+    """Train what is missing, write ``manifest.json``, then ``report.md`` and ``report.html``.
+
+    Returns:
+        The paths of report.md and report.html.
+    """
+    import torch
+
+    from .progress import Progress
+    from .report import write_report
+    from .suite import get_experiments
+    from .train import get_dataset, is_finished, run_dir, train_run
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    exps = get_experiments(only)
+    plan: dict[str, dict[str, list]] = {}
+    for e in exps:
+        groups = e.groups(quick)
+        if groups:
+            plan[e.id] = groups
+    data = None
+    unique: dict[str, object] = {}
+    for eid, groups in plan.items():
+        for label, cfgs in groups.items():
+            new = []
+            for c in cfgs:
+                c = c.replace(dataset=dataset, data_dir=data_dir, threads=threads)
+                if quick:  # intermediate evaluations on 2000 test images; the final one on all
+                    c = c.replace(eval_samples=2000)
+                if data is None:
+                    data = get_dataset(c)
+                if steps_cap > 0:
+                    cap = min(steps_cap, _planned(c, len(data.train_x)))
+                    c = c.replace(steps=cap, eval_every=max(1, cap // 4))
+                new.append(c)
+                unique[c.run_name()] = c
+            groups[label] = new
+    manifest = {
+        "command": command, "quick": quick, "dataset": dataset,
+        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+        "torch": torch.__version__, "threads": threads or os.cpu_count(),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "experiments": {eid: {"groups": {lab: [c.run_name() for c in cfgs] for lab, cfgs in groups.items()}}
+                        for eid, groups in plan.items()},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    todo = [c for name, c in unique.items() if force or not is_finished(run_dir(c, out))]
+    n_train = len(data.train_x) if data is not None else 0
+    bar = Progress(sum(_planned(c, n_train) for c in todo), enabled=progress)
+    print(f"[reproduce] {len(unique)} runs in {len(plan)} experiments; {len(unique) - len(todo)} finished "
+          f"already, {len(todo)} to train; output {out}", file=sys.stderr)
+    for i, c in enumerate(todo):
+        bar.set_note(f"run {i + 1}/{len(todo)}: {c.label()} {c.norm} seed {c.seed}")
+        train_run(c, out, data=data, progress=bar, force=force)
+    bar.close()
+    manifest.update({
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(time.perf_counter() - t0, 1), "trained": len(todo), "reused": len(unique) - len(todo),
+    })
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return write_report(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .report import write_report
+
+    out = args.out or ("reports/quick" if args.quick else "reports/full")
+    try:
+        if args.report_only:
+            md, html = write_report(out)
+        else:
+            argv = sys.argv[1:] if sys.argv[1:2] == ["reproduce"] else ["reproduce"]
+            cmd = "batchnorm " + " ".join(argv)
+            md, html = reproduce(out, quick=args.quick, only=args.only, dataset=args.dataset,
+                                 data_dir=args.data_dir, threads=args.threads, force=args.force,
+                                 progress=not args.no_progress, steps_cap=args.steps_cap, command=cmd)
+    except (DataError, ValueError) as e:
+        print(f"batchnorm reproduce: error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {md}\n        {html}")
+    return 0

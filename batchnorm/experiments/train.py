@@ -1,0 +1,395 @@
+"""Train one config into its run folder: ``config.json``, ``metrics.jsonl``, ``summary.json``, figures.
+
+A run folder is ``<root>/runs/<model>-<norm>-<hash>`` (:meth:`Config.run_name`). A folder
+whose ``summary.json`` exists is finished and is reused as it is; anything else in the
+folder is an interrupted run and is recomputed from scratch. ``summary.json`` is written
+last, atomically.
+
+The loop keeps the whole dataset as tensors in memory and draws batches by indexing
+(no per-sample Python); augmentation is batched (:mod:`.augment`). Training time counts
+the optimization steps only; evaluations are timed separately.
+
+Evaluation statistics (``eval_stats``) for networks with batch norm:
+
+- ``running``: ``model.eval()``, the running (EMA) statistics;
+- ``population``: a copy whose BN statistics are recomputed over ``population_samples``
+  training images (:func:`batchnorm.population.recompute_statistics`, Algorithm 2);
+- ``batch``: a copy that normalizes every test batch of ``batch_size`` by its own statistics.
+
+At the end every BN network is also evaluated in all three ways, with batch statistics of
+test batches of 2, 8 and 32 (first 1000 test images), and one image at a time in eval mode (which must give the
+batched predictions: inference BN is a fixed affine map per channel).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .augment import random_affine
+from .config import Config
+from .data import Dataset, load_dataset
+from .models import ACTIVATIONS, build_model
+from .progress import Progress
+
+__all__ = ["train_run", "run_dir", "is_finished", "read_run", "get_dataset", "evaluate"]
+
+SMALL_EVAL_BATCHES = (2, 8, 32)
+SMALL_BATCH_SAMPLES = 1000
+SINGLE_IMAGE_SAMPLES = 200
+
+_DATA_CACHE: dict[tuple[str, str], Dataset] = {}
+
+
+def get_dataset(cfg: Config) -> Dataset:
+    """The config's dataset, loaded once per process."""
+    key = (cfg.dataset, cfg.data_dir)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = load_dataset(cfg.dataset, cfg.data_dir or None)
+    return _DATA_CACHE[key]
+
+
+def run_dir(cfg: Config, root: str | Path) -> Path:
+    return Path(root) / "runs" / cfg.run_name()
+
+
+def is_finished(path: str | Path) -> bool:
+    return (Path(path) / "summary.json").is_file()
+
+
+def read_run(path: str | Path) -> dict[str, Any]:
+    """``{"config": Config, "metrics": [dict, ...], "summary": dict, "path": Path}`` of a run folder."""
+    path = Path(path)
+    cfg = Config.from_dict(json.loads((path / "config.json").read_text()))
+    metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    summary = json.loads((path / "summary.json").read_text())
+    return {"config": cfg, "metrics": metrics, "summary": summary, "path": path}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _finite(v: float) -> float | None:
+    """JSON has no NaN: a diverged value is written as null."""
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _batches(x: Tensor, batch_size: int) -> Iterator[Tensor]:
+    for i in range(0, len(x), batch_size):
+        yield x[i:i + batch_size]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (in whatever mode it is) over (x, y)."""
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size])  # (B, classes)
+        loss_sum += nn.functional.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+    return loss_sum / len(x), correct / len(x)
+
+
+def _recompute(model: nn.Module, batches) -> nn.Module:
+    try:
+        from ..population import recompute_statistics
+    except ImportError:  # until batchnorm.population lands: Algorithm 2 by cumulative averages
+        return _recompute_cumulative(model, batches)
+    return recompute_statistics(model, batches)
+
+
+@torch.no_grad()
+def _recompute_cumulative(model: nn.Module, batches) -> nn.Module:
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    flags = [(m, m.training) for m in model.modules()]
+    momenta = [bn.momentum for bn in bns]
+    try:
+        model.eval()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # running = mean over batches of the batch statistics
+            bn.train()
+        for b in batches:
+            model(b)
+    finally:
+        for m, training in flags:
+            m.training = training
+        for bn, mom in zip(bns, momenta):
+            bn.momentum = mom
+    return model
+
+
+def population_copy(model: nn.Module, train_x: Tensor, cfg: Config, g: torch.Generator) -> nn.Module:
+    """A copy of ``model`` in eval mode with BN statistics recomputed on training images."""
+    m = copy.deepcopy(model)
+    n = len(train_x) if cfg.population_samples <= 0 else min(cfg.population_samples, len(train_x))
+    idx = torch.randperm(len(train_x), generator=g)[:n]
+    # Training-size batches of the training data, unaugmented (Algorithm 2, step 9).
+    xs = train_x[idx]
+    # The pooled estimator gives the exact statistics of these images whatever the split, so
+    # large batches are used (Algorithm 2 averages over training-size batches: same limit).
+    batches = [b for b in _batches(xs, max(cfg.batch_size, cfg.eval_batch_size)) if len(b) > 1]
+    _recompute(m, batches)
+    return m.eval()
+
+
+def batch_stats_copy(model: nn.Module) -> nn.Module:
+    """A copy in eval mode (dropout off) whose BN layers normalize by each batch's statistics."""
+    m = copy.deepcopy(model).eval()
+    for bn in m.modules():
+        if isinstance(bn, _BatchNorm):
+            # No running statistics -> batch statistics in eval too (torch.nn's rule).
+            bn.track_running_stats = False
+            bn.running_mean = None
+            bn.running_var = None
+    return m
+
+
+def _eval_model(model: nn.Module, mode: str, train_x: Tensor, cfg: Config, g: torch.Generator) -> nn.Module:
+    if mode == "running" or not has_batch_norm(model):
+        return model.eval()
+    if mode == "population":
+        return population_copy(model, train_x, cfg, g)
+    return batch_stats_copy(model)
+
+
+class _Watch:
+    """Records the input of the last hidden activation for one unit (forward hook)."""
+
+    def __init__(self, model: nn.Module, unit: int) -> None:
+        acts = [m for m in model.modules() if isinstance(m, tuple(ACTIVATIONS.values()))]
+        self.values: list[Tensor] = []
+        self.unit = unit
+        self.handle = acts[-1].register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output) -> None:
+        self.values.append(inputs[0][:, self.unit].detach().clone())  # (B,)
+
+    def percentiles(self) -> list[float]:
+        v = torch.cat(self.values).double()
+        return [float(torch.quantile(v, q)) for q in (0.15, 0.50, 0.85)]
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+# --------------------------------------------------------------------------- final evaluation
+
+
+def final_evaluation(model: nn.Module, data: Dataset, train_x: Tensor, cfg: Config) -> dict[str, Any]:
+    """Test loss/accuracy under every evaluation statistic, small test batches, single images."""
+    g = torch.Generator().manual_seed(cfg.seed + 12345)
+    tx, ty = data.test_x, data.test_y
+    out: dict[str, Any] = {}
+    modes = ("running", "population", "batch") if has_batch_norm(model) else ("running",)
+    for mode in modes:
+        m = _eval_model(model, mode, train_x, cfg, g)
+        bs = cfg.batch_size if mode == "batch" else cfg.eval_batch_size
+        loss, acc = evaluate(m, tx, ty, bs)
+        out[mode] = {"test_loss": _finite(loss), "test_acc": acc}
+    if not has_batch_norm(model):
+        out["population"] = out["batch"] = out["running"]
+        return out  # no batch dependence: the small-batch and single-image checks are moot
+    # Batch statistics of small test batches (the first SMALL_BATCH_SAMPLES test images).
+    bm = batch_stats_copy(model)
+    sx, sy = tx[:SMALL_BATCH_SAMPLES], ty[:SMALL_BATCH_SAMPLES]
+    for b in SMALL_EVAL_BATCHES:
+        loss, acc = evaluate(bm, sx, sy, b)
+        out[f"batch{b}"] = {"test_loss": _finite(loss), "test_acc": acc}
+    try:
+        loss, acc = evaluate(bm, tx[:SINGLE_IMAGE_SAMPLES], ty[:SINGLE_IMAGE_SAMPLES], 1)
+        out["batch1"] = {"test_loss": _finite(loss), "test_acc": acc, "error": None}
+    except ValueError as e:  # BN refuses a batch of one in training normalization
+        out["batch1"] = {"test_loss": None, "test_acc": None, "error": str(e).split(";")[0]}
+    # One image at a time with the running statistics equals the batched evaluation.
+    model.eval()
+    with torch.no_grad():
+        xs = tx[:SINGLE_IMAGE_SAMPLES]
+        batched = model(xs)
+        single = torch.cat([model(xs[i:i + 1]) for i in range(len(xs))])
+    out["single"] = {
+        "test_acc": (single.argmax(1) == ty[:SINGLE_IMAGE_SAMPLES]).float().mean().item(),
+        "max_abs_diff_vs_batched": _finite((single - batched).abs().max().item()),
+        "same_predictions": bool((single.argmax(1) == batched.argmax(1)).all()),
+    }
+    return out
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_run(cfg: Config, root: str | Path, *, data: Dataset | None = None, progress: Progress | None = None,
+              force: bool = False, figures: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir(cfg, root)`` unless that run is finished; return its files.
+
+    Args:
+        cfg: the run's config.
+        root: output root; the run goes to ``root/runs/<run_name>``.
+        data: the dataset (default: :func:`get_dataset`), e.g. a tiny one in tests.
+        progress: a shared progress bar, advanced once per step.
+        force: recompute even if a finished run exists.
+        figures: draw the run's own figure (needs matplotlib; skipped without it).
+
+    Returns:
+        :func:`read_run` of the folder, plus ``"reused": bool``.
+    """
+    path = run_dir(cfg, root)
+    if is_finished(path) and not force:
+        run = read_run(path)
+        run["reused"] = True
+        if progress is not None:
+            progress.update(run["summary"]["planned_steps"])
+        return run
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    wall0 = time.perf_counter()
+
+    torch.set_num_threads(cfg.threads if cfg.threads > 0 else (os.cpu_count() or 1))
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    data = get_dataset(cfg) if data is None else data
+    dev = torch.device(cfg.device)
+    train_x, train_y = data.train_x, data.train_y
+    if cfg.train_samples > 0:
+        train_x, train_y = train_x[:cfg.train_samples], train_y[:cfg.train_samples]
+    train_x, train_y = train_x.to(dev), train_y.to(dev)
+    test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
+    data = Dataset(data.name, train_x, train_y, test_x, test_y, data.num_classes)
+    n = len(train_x)
+    steps_per_epoch = n // cfg.batch_size  # drop the last partial batch: BN needs >= 2 samples
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {n} training images; lower it")
+    total = cfg.steps if cfg.steps > 0 else cfg.epochs * steps_per_epoch
+    every = cfg.eval_every or (steps_per_epoch if cfg.steps <= 0 else max(1, total // 50))
+
+    model = build_model(cfg, tuple(train_x.shape[1:]), data.num_classes).to(dev)
+    opt = _optimizer(cfg, model.parameters())
+    n_eval = len(test_x) if cfg.eval_samples <= 0 else min(cfg.eval_samples, len(test_x))
+    train_eval = min(n_eval, n, 5000)
+    metrics_f = (path / "metrics.jsonl").open("w")
+    train_time = eval_time = 0.0
+    seen_loss = seen_correct = seen_count = 0.0
+    diverged = False
+    order = torch.randperm(n, generator=g) if cfg.shuffle else torch.arange(n)
+
+    def log(step: int) -> None:
+        nonlocal eval_time, seen_loss, seen_correct, seen_count
+        t0 = time.perf_counter()
+        m = _eval_model(model, cfg.eval_stats, train_x, cfg, g)
+        watch = _Watch(m, cfg.watch_unit) if cfg.watch_unit >= 0 else None
+        try:
+            bs = cfg.batch_size if cfg.eval_stats == "batch" else cfg.eval_batch_size
+            test_loss, test_acc = evaluate(m, test_x[:n_eval], test_y[:n_eval], bs)
+        finally:
+            if watch is not None:
+                watch.close()
+        _, train_acc = evaluate(m, train_x[:train_eval], train_y[:train_eval], bs)
+        row = {
+            "step": step, "epoch": step / steps_per_epoch, "time_s": round(train_time, 3),
+            "test_loss": _finite(test_loss), "test_acc": test_acc, "train_eval_acc": train_acc,
+            "train_loss": _finite(seen_loss / seen_count) if seen_count else None,
+            "train_acc": seen_correct / seen_count if seen_count else None,
+        }
+        if watch is not None:
+            row["unit_percentiles"] = watch.percentiles()  # 15th, 50th, 85th
+        model.train()
+        metrics_f.write(json.dumps(row, allow_nan=False) + "\n")
+        metrics_f.flush()
+        seen_loss = seen_correct = seen_count = 0.0
+        eval_time += time.perf_counter() - t0
+
+    model.train()
+    log(0)
+    step = 0
+    try:
+        while step < total and not diverged:
+            epoch, pos = divmod(step, steps_per_epoch)
+            if pos == 0 and step > 0 and cfg.shuffle:
+                order = torch.randperm(n, generator=g)
+            idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+            t0 = time.perf_counter()
+            xb, yb = train_x[idx], train_y[idx]  # (B, C, H, W), (B,)
+            if cfg.augment:
+                xb = random_affine(xb, g, rotation=cfg.aug_rotation, shear=cfg.aug_shear,
+                                   zoom=cfg.aug_zoom, shift=cfg.aug_shift)
+            logits = model(xb)
+            loss = nn.functional.cross_entropy(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lv = loss.item()
+            train_time += time.perf_counter() - t0
+            step += 1
+            if not math.isfinite(lv):
+                diverged = True
+            else:
+                seen_loss += lv * len(yb)
+                seen_correct += (logits.argmax(1) == yb).sum().item()
+                seen_count += len(yb)
+            if progress is not None:
+                progress.update()
+            if step % every == 0 or step == total or diverged:
+                log(step)
+        if progress is not None and step < total:
+            progress.update(total - step)  # a diverged run stops early
+        t0 = time.perf_counter()
+        final = final_evaluation(model, data, train_x, cfg)
+        eval_time += time.perf_counter() - t0
+    finally:
+        metrics_f.close()
+    summary = {
+        "run": path.name, "label": cfg.label(), "planned_steps": total, "steps": step,
+        "steps_per_epoch": steps_per_epoch, "diverged": diverged,
+        "train_time_s": round(train_time, 3), "eval_time_s": round(eval_time, 3),
+        "wall_s": round(time.perf_counter() - wall0, 3), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "final": final,
+    }
+    if figures:
+        try:
+            from .plots import plot_run
+
+            plot_run(path, cfg, summary)
+        except ImportError as e:
+            print(f"[train] no run figure ({e}); install the [experiments] extra", file=sys.stderr)
+    _write_json_atomic(path / "summary.json", summary)
+    run = read_run(path)
+    run["reused"] = False
+    return run
