@@ -211,6 +211,37 @@ def _worker_layer(rank: int, world: int) -> None:
         raised = "more than one value per channel" in str(e)
     assert _all_true(raised), "a global batch of one value per channel must raise everywhere"
 
+    # The small-batch policies decide on the global count, alike on every rank.
+    for policy in ("skip", "running"):
+        sync = SyncBatchNorm(2, small_batch=policy)
+        with torch.no_grad():
+            sync.running_mean.fill_(0.5)
+            sync.bias.fill_(0.25)
+        x = torch.full((1 if rank == 2 else 0, 2), 3.0)
+        want = (
+            torch.full_like(x, 0.25) if policy == "skip" else (x - 0.5) / (1 + 1e-5) ** 0.5 + 0.25
+        )
+        _close(sync(x), want, f"small_batch={policy}", rtol=1e-6, atol=1e-6)
+        assert sync.num_batches_tracked.item() == 0
+
+    # A mask (valid positions) and shards: the statistics of the valid values of all ranks.
+    g = torch.Generator().manual_seed(9)
+    sizes = [2, 3, 0, 1]
+    full = torch.randn(6, 3, 5, generator=g, dtype=F64)  # (N, C, L)
+    valid = torch.rand(6, 5, generator=g) > 0.4  # (N, L)
+    dy = torch.randn(6, 3, 5, generator=g, dtype=F64)
+    sync, local = SyncBatchNorm(3, dtype=F64), BatchNorm(3, dtype=F64)
+    x = _shard(full, sizes, rank).clone().requires_grad_()
+    y = sync(x, mask=_shard(valid, sizes, rank))
+    y.backward(_shard(dy, sizes, rank))
+    xf = full.clone().requires_grad_()
+    yf = local(xf, mask=valid)
+    yf.backward(dy)
+    _close(y, _shard(yf, sizes, rank), "masked output")
+    _close(x.grad, _shard(xf.grad, sizes, rank), "masked input gradient")
+    _close(_all_sum(sync.weight.grad), local.weight.grad, "masked weight gradient")
+    _close(sync.running_var, local.running_var, "masked running_var")
+
     # Every rank empty: empty outputs, running statistics untouched, gradients zero.
     sync = SyncBatchNorm(2)
     x = torch.zeros(0, 2, requires_grad=True)
@@ -383,7 +414,7 @@ def _zoo() -> nn.Sequential:
         nn.BatchNorm1d(3),
         nn.Sequential(nn.BatchNorm2d(3, affine=False), BatchNorm2d(3, momentum=None)),
         nn.BatchNorm3d(3, track_running_stats=False),
-        BatchNorm(3, axis=-1, store_unbiased=False, center=False),
+        BatchNorm(3, axis=-1, store_unbiased=False, center=False, small_batch="skip"),
         nn.SyncBatchNorm(3, eps=1e-3),
     )
 
@@ -401,6 +432,7 @@ def test_convert_and_revert_keep_state_and_types():
                     m.running_var.uniform_(0.5, 2.0)
     model[0].weight.requires_grad_(False)
     model[1].eval()
+    model[1][1].stats_mode = "running"  # a per-layer statistics policy (batchnorm.freeze)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     types = [type(m) for m in model.modules()]
     params = {id(p) for p in model.parameters()}
@@ -418,12 +450,14 @@ def test_convert_and_revert_keep_state_and_types():
     assert not model[0].weight.requires_grad
     assert [m.training for m in model.modules()] == training
     assert model[3].axis == -1 and not model[3].store_unbiased and model[3].bias is None
+    assert model[3].small_batch == "skip" and model[1][1].stats_mode == "running"
     assert model[4].eps == 1e-3 and model[1][1].momentum is None
     assert convert_sync_batchnorm(model[0]) is model[0]  # already synchronized: kept
 
     reverted = revert_sync_batchnorm(model)
     assert [type(m) for m in reverted.modules()][:-1] == types[:-1]
     assert type(reverted[4]) is BatchNorm  # torch's SyncBatchNorm comes back as ours
+    assert reverted[3].small_batch == "skip" and reverted[1][1].stats_mode == "running"
     for k, v in reverted.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert {id(p) for p in reverted.parameters()} == params
