@@ -578,8 +578,7 @@ def batch_norm(
         ValueError: rank < 2, axis out of range, a parameter with the wrong number of
             channels or on another device, eps <= 0, momentum outside [0, 1], one value per
             channel in training (``small_batch="raise"``; over all ranks when synchronized),
-            missing running statistics in
-            evaluation, a mask that does not broadcast.
+            missing running statistics in evaluation, a mask that does not broadcast.
 
     Example:
         >>> x = torch.randn(8, 3, 4, 4)
