@@ -485,6 +485,7 @@ def test_converted_model_computes_the_same_without_process_group():
 # --------------------------------------------------------------------------- the torchrun demo
 
 
+@pytest.mark.slow
 def test_torchrun_demo_two_processes_match_one(tmp_path):
     """The demo under torchrun (2 x 16) follows one process (32), float64, on synthetic data."""
     import subprocess
