@@ -14,6 +14,9 @@ from .convert import convert as convert
 from .convert import from_keras as from_keras
 from .convert import load_keras_weights as load_keras_weights
 from .convert import to_keras as to_keras
+from .distributed import SyncBatchNorm as SyncBatchNorm
+from .distributed import convert_sync_batchnorm as convert_sync_batchnorm
+from .distributed import revert_sync_batchnorm as revert_sync_batchnorm
 from .doctor import Finding as Finding
 from .doctor import diagnose as diagnose
 from .fold import FoldReport as FoldReport
@@ -32,9 +35,6 @@ from .freeze import unfreeze as unfreeze
 from .functional import batch_norm as batch_norm
 from .functional import batch_normalization as batch_normalization
 from .functional import moments as moments
-from .distributed import SyncBatchNorm as SyncBatchNorm
-from .distributed import convert_sync_batchnorm as convert_sync_batchnorm
-from .distributed import revert_sync_batchnorm as revert_sync_batchnorm
 from .ghost import GhostBatchNorm as GhostBatchNorm
 from .ghost import GhostBatchNorm1d as GhostBatchNorm1d
 from .ghost import GhostBatchNorm2d as GhostBatchNorm2d
