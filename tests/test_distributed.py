@@ -403,6 +403,25 @@ def test_fallback_without_process_group():
         SyncBatchNorm(3).train()(torch.randn(1, 3))
 
 
+def test_fallback_in_a_process_group_of_one(tmp_path):
+    """Initialized with world size 1: local BN, no collective (the store would time out)."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{tmp_path / 'store'}",
+        rank=0,
+        world_size=1,
+        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+    )
+    try:
+        sync, local = SyncBatchNorm(4, dtype=F64), BatchNorm(4, dtype=F64)
+        assert sync._sync_group() is None
+        x = torch.randn(5, 4, 3, dtype=F64)
+        _close(sync(x), local(x), "world size 1")
+        _close(sync.running_var, local.running_var, "running_var")
+    finally:
+        dist.destroy_process_group()
+
+
 def test_core_refuses_one_local_value_only_without_group():
     """The local check is unchanged: a batch of one is an error without a process group."""
     from batchnorm.functional import batch_norm
