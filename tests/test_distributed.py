@@ -203,6 +203,15 @@ def _worker_layer(rank: int, world: int) -> None:
         y, _shard(torch.from_numpy(y_np).float(), sizes, rank), "vs reference", rtol=0, atol=1e-6
     )
 
+    # bfloat16 input: statistics in float32/float64 as in one process, output rounded once.
+    full = torch.randn(12, 3, 4, 4, generator=g).mul(2).add(1).bfloat16()
+    y = SyncBatchNorm(3)(_shard(full, sizes, rank))
+    y_one = BatchNorm(3)(full)
+    _close(
+        y.float(), _shard(y_one, sizes, rank).float(), "bfloat16 vs one process", rtol=0, atol=2e-2
+    )
+    assert y.dtype == torch.bfloat16
+
     # One value per channel over all ranks: every rank raises, and they stay in step.
     sync = SyncBatchNorm(2)
     x = torch.randn(1 if rank == 2 else 0, 2)
