@@ -74,7 +74,9 @@ def fake_wheel(monkeypatch, tmp_path):
 
 def test_real_hash_is_of_the_compressed_file():
     # The constant documented in DESIGN.md; the check hashes the .gz bytes.
-    assert D.MNIST_PKL_GZ_SHA256 == "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+    assert (
+        D.MNIST_PKL_GZ_SHA256 == "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+    )
 
 
 def test_read_fake_pickle_matches_arrays(fake_wheel):
@@ -162,7 +164,9 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
 
 def write_idx(path, array: np.ndarray, compress: bool) -> None:
     code = {np.uint8: 0x08}[array.dtype.type]
-    raw = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = struct.pack(">BBBB", 0, 0, code, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
     raw += array.tobytes()
     path.write_bytes(gzip.compress(raw) if compress else raw)
 
@@ -225,4 +229,7 @@ def test_missing_data_errors_say_how_to_get_it(tmp_path):
 def test_synthetic_is_deterministic():
     a, b = D.synthetic(50, 20, seed=3), D.synthetic(50, 20, seed=3)
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
-    assert a.train_x.shape == (50, 1, 28, 28) and 0 <= float(a.train_x.min()) <= float(a.train_x.max()) <= 1
+    assert (
+        a.train_x.shape == (50, 1, 28, 28)
+        and 0 <= float(a.train_x.min()) <= float(a.train_x.max()) <= 1
+    )

@@ -26,7 +26,9 @@ NORM_CLASSES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 @pytest.mark.parametrize("norm", NORMS)
 def test_shapes_and_norm_placement(model, norm):
     torch.manual_seed(0)
-    cfg = Config(model=model, norm=norm, activation="sigmoid" if model == "mlp" else "relu", dropout=0.5)
+    cfg = Config(
+        model=model, norm=norm, activation="sigmoid" if model == "mlp" else "relu", dropout=0.5
+    )
     net = build_model(cfg)
     out = net(torch.rand(4, 1, 28, 28))
     assert out.shape == (4, 10)
@@ -60,7 +62,9 @@ def test_lenet_layer_sizes_follow_article():
 
 def test_mlp_widths_and_init_std():
     torch.manual_seed(0)
-    net = build_model(Config(model="mlp", widths=(50, 20), norm="none", init="normal", init_std=0.5))
+    net = build_model(
+        Config(model="mlp", widths=(50, 20), norm="none", init="normal", init_std=0.5)
+    )
     lins = [m for m in net if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in lins] == [(784, 50), (50, 20), (20, 10)]
     assert abs(lins[0].weight.std().item() - 0.5) < 0.02
@@ -83,7 +87,13 @@ def test_config_cli_preset_precedence(tmp_path):
     args = p.parse_args(["--lr", "0.25", "--no-augment", "--widths", "30,40", "--batch-size", "60"])
     cfg = config_from_args(args, load_preset(preset))
     assert (cfg.model, cfg.lr, cfg.widths, cfg.augment, cfg.steps, cfg.batch_size) == (
-        "mlp", 0.25, (30, 40), False, 7, 60)
+        "mlp",
+        0.25,
+        (30, 40),
+        False,
+        7,
+        60,
+    )
     j = tmp_path / "p.json"
     j.write_text(json.dumps(cfg.to_dict()))
     assert Config.from_dict(load_preset(j)) == cfg
@@ -94,8 +104,12 @@ def test_config_key_and_validation():
     assert a.key() == Config().key() == a.replace(threads=7, name="x").key()
     assert a.key() != a.replace(lr=0.5).key()
     assert a.run_name().startswith("lenet-ours-")
-    for bad, msg in (({"norm": "bn"}, "norm"), ({"batch_size": 0}, "batch_size"),
-                     ({"epochs": 0, "steps": 0}, "epochs > 0"), ({"dropout": 1.0}, "dropout")):
+    for bad, msg in (
+        ({"norm": "bn"}, "norm"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"epochs": 0, "steps": 0}, "epochs > 0"),
+        ({"dropout": 1.0}, "dropout"),
+    ):
         with pytest.raises(ValueError, match=msg):
             Config(**bad)
     with pytest.raises(ValueError, match="unknown config field"):
@@ -116,3 +130,16 @@ def test_augment_identity_and_randomness():
     img[0, 0, 13:15, 13:15] = 1.0
     z = random_affine(img, torch.Generator().manual_seed(0), rotation=0, shear=0, zoom=0, shift=0)
     torch.testing.assert_close(z, img, atol=1e-5, rtol=0)
+
+
+def test_cli_does_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, batchnorm, batchnorm.cli as c; c.build_parser(); "
+        "import batchnorm.experiments.reproduce, batchnorm.experiments.train; "
+        "print('matplotlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

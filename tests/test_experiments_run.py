@@ -18,25 +18,42 @@ pytest.importorskip("matplotlib")
 @pytest.fixture(scope="module")
 def quick_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce")
-    reproduce(out, quick=True, only="article001,figure1", dataset="synthetic", threads=1,
-              progress=False, steps_cap=6)
+    reproduce(
+        out,
+        quick=True,
+        only="article001,figure1",
+        dataset="synthetic",
+        threads=1,
+        progress=False,
+        steps_cap=6,
+    )
     return out
 
 
 def test_reproduce_writes_runs_and_report(quick_out):
     manifest = json.loads((quick_out / "manifest.json").read_text())
     assert set(manifest["experiments"]) == {"article001", "figure1"}
-    names = [n for e in manifest["experiments"].values() for runs in e["groups"].values() for n in runs]
+    names = [
+        n for e in manifest["experiments"].values() for runs in e["groups"].values() for n in runs
+    ]
     assert len(names) == 8 and manifest["trained"] == 8
     for name in names:
         run = quick_out / "runs" / name
-        assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "summary.json", "curves.png"}
+        assert {p.name for p in run.iterdir()} >= {
+            "config.json",
+            "metrics.jsonl",
+            "summary.json",
+            "curves.png",
+        }
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert rows[0]["step"] == 0 and rows[-1]["step"] == 6
         summary = json.loads((run / "summary.json").read_text())
         assert summary["steps"] == 6 and 0.0 <= summary["final"]["running"]["test_acc"] <= 1.0
     mlp_bn = [n for n in names if n.startswith("mlp-ours")][0]
-    rows = [json.loads(x) for x in (quick_out / "runs" / mlp_bn / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(x)
+        for x in (quick_out / "runs" / mlp_bn / "metrics.jsonl").read_text().splitlines()
+    ]
     assert all(len(r["unit_percentiles"]) == 3 for r in rows)  # Figure 1's percentiles
     final = json.loads((quick_out / "runs" / mlp_bn / "summary.json").read_text())["final"]
     assert final["single"]["same_predictions"] and final["batch1"]["error"]  # batch of 1 refused
@@ -59,8 +76,15 @@ def test_report_from_run_files_alone(quick_out, tmp_path):
 
 
 def test_rerun_reuses_finished_runs(quick_out):
-    reproduce(quick_out, quick=True, only="article001,figure1", dataset="synthetic", threads=1,
-              progress=False, steps_cap=6)
+    reproduce(
+        quick_out,
+        quick=True,
+        only="article001,figure1",
+        dataset="synthetic",
+        threads=1,
+        progress=False,
+        steps_cap=6,
+    )
     manifest = json.loads((quick_out / "manifest.json").read_text())
     assert manifest["trained"] == 0 and manifest["reused"] == 8
 
@@ -68,8 +92,22 @@ def test_rerun_reuses_finished_runs(quick_out):
 def test_train_cli_with_preset(tmp_path, capsys):
     preset = tmp_path / "p.json"
     preset.write_text(json.dumps({"model": "mlp", "norm": "torch", "steps": 4, "batch_size": 16}))
-    argv = ["train", "--preset", str(preset), "--dataset", "synthetic", "--threads", "1",
-            "--out", str(tmp_path), "--no-progress", "--seeds", "0,1", "--eval-stats", "population"]
+    argv = [
+        "train",
+        "--preset",
+        str(preset),
+        "--dataset",
+        "synthetic",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--seeds",
+        "0,1",
+        "--eval-stats",
+        "population",
+    ]
     assert main(argv) == 0
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2 and all(r.name.startswith("mlp-torch-") for r in runs)
@@ -78,3 +116,14 @@ def test_train_cli_with_preset(tmp_path, capsys):
     assert main(argv) == 0
     assert "(reused)" in capsys.readouterr().out
     assert main(["train", "--dataset", "synthetic", "--norm", "bn"]) == 2
+
+
+def test_report_marks_partial_results(quick_out, tmp_path):
+    copy = tmp_path / "partial"
+    shutil.copytree(quick_out / "runs", copy / "runs")
+    shutil.copy(quick_out / "manifest.json", copy / "manifest.json")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    victim = manifest["experiments"]["article001"]["groups"]["with BN"][1]
+    (copy / "runs" / victim / "summary.json").unlink()  # an interrupted run
+    md = write_report(copy)[0].read_text()
+    assert "PARTIAL: 1 of 6 runs not finished" in md and "(partial)" in md

@@ -16,8 +16,15 @@ from torch import Tensor
 __all__ = ["random_affine"]
 
 
-def random_affine(x: Tensor, generator: torch.Generator, *, rotation: float = 10.0, shear: float = 10.0,
-                  zoom: float = 0.1, shift: float = 0.08) -> Tensor:
+def random_affine(
+    x: Tensor,
+    generator: torch.Generator,
+    *,
+    rotation: float = 10.0,
+    shear: float = 10.0,
+    zoom: float = 0.1,
+    shift: float = 0.08,
+) -> Tensor:
     """Apply an independent random affine map to each image of a batch.
 
     In normalized coordinates p in [-1, 1]^2 each output pixel samples the input at
@@ -45,10 +52,17 @@ def random_affine(x: Tensor, generator: torch.Generator, *, rotation: float = 10
     z = 1 + uniform(zoom)
     cos, sin, tan = theta.cos(), theta.sin(), phi.tan()
     # R @ S = [[cos, cos*tan - sin], [sin, sin*tan + cos]], divided by the zoom.
-    a = torch.stack(
-        [torch.stack([cos, cos * tan - sin], 1), torch.stack([sin, sin * tan + cos], 1)], 1
-    ) / z[:, None, None]  # (N, 2, 2)
+    a = (
+        torch.stack(
+            [torch.stack([cos, cos * tan - sin], 1), torch.stack([sin, sin * tan + cos], 1)], 1
+        )
+        / z[:, None, None]
+    )  # (N, 2, 2)
     t = torch.stack([uniform(2 * shift), uniform(2 * shift)], 1)  # (N, 2)
     affine = torch.cat([a, t[:, :, None]], 2).to(device=x.device, dtype=x.dtype)  # (N, 2, 3)
-    grid = torch.nn.functional.affine_grid(affine, list(x.shape), align_corners=False)  # (N, H, W, 2)
-    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    grid = torch.nn.functional.affine_grid(
+        affine, list(x.shape), align_corners=False
+    )  # (N, H, W, 2)
+    return torch.nn.functional.grid_sample(
+        x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )

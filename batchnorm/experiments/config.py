@@ -33,7 +33,7 @@ __all__ = ["Config", "load_preset", "add_config_arguments", "config_from_args"]
 #: Fields that do not change what is computed (only how fast, or its label): left out of the hash.
 NON_RESULT_FIELDS = ("name", "threads")
 #: Bumped when the training loop changes what it computes, so old runs are not reused.
-LOOP_VERSION = 1
+LOOP_VERSION = 2
 
 
 @dataclass
@@ -73,7 +73,9 @@ class Config:
     # evaluation
     eval_stats: str = "running"  # running | population | batch
     eval_every: int = 0  # steps between evaluations (0 = every epoch, or steps / 50)
-    eval_samples: int = 0  # test images per evaluation during training (0 = all; the final one uses all)
+    eval_samples: int = (
+        0  # test images per evaluation during training (0 = all; the final one uses all)
+    )
     eval_batch_size: int = 1000
     population_samples: int = 10000  # training images for recomputed statistics (0 = all)
     watch_unit: int = -1  # log percentiles of this last-hidden-layer unit's input to its activation
@@ -88,23 +90,20 @@ class Config:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field with an impossible value."""
-        from .data import DATASETS
-        from .models import ACTIVATIONS, MODELS, NORMS
-
-        choices = {
-            "dataset": DATASETS, "model": MODELS, "activation": tuple(ACTIVATIONS), "norm": NORMS,
-            "init": ("default", "normal"), "optimizer": ("sgd", "momentum", "adam"),
-            "eval_stats": ("running", "population", "batch"),
-        }
+        choices = _choices()
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
         positive = ("batch_size", "eval_batch_size", "lr", "bn_eps", "norm_groups")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.epochs <= 0 and self.steps <= 0:
-            raise ValueError(f"set epochs > 0 or steps > 0 (got epochs={self.epochs}, steps={self.steps})")
+            raise ValueError(
+                f"set epochs > 0 or steps > 0 (got epochs={self.epochs}, steps={self.steps})"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.bn_momentum <= 1.0:
@@ -126,7 +125,9 @@ class Config:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**{k: _coerce(cls, k, v) for k, v in d.items()})
 
     def replace(self, **changes: Any) -> Config:
@@ -150,6 +151,22 @@ class Config:
 # --------------------------------------------------------------------------- parsing
 
 
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of the string fields that take a fixed set."""
+    from .data import DATASETS
+    from .models import ACTIVATIONS, MODELS, NORMS
+
+    return {
+        "dataset": DATASETS,
+        "model": MODELS,
+        "activation": tuple(ACTIVATIONS),
+        "norm": NORMS,
+        "init": ("default", "normal"),
+        "optimizer": ("sgd", "momentum", "adam"),
+        "eval_stats": ("running", "population", "batch"),
+    }
+
+
 def _field_type(cls, name: str) -> Any:
     return typing.get_type_hints(cls)[name]
 
@@ -160,7 +177,16 @@ def _coerce(cls, name: str, value: Any) -> Any:
     if t is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
             return value.lower() in ("1", "true", "yes", "on")
         raise ValueError(f"{name} must be true or false, got {value!r}")
     if typing.get_origin(t) is tuple:
@@ -169,7 +195,9 @@ def _coerce(cls, name: str, value: Any) -> Any:
         try:
             return tuple(int(v) for v in value)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{name} must be a list of ints like 100,100,100, got {value!r}") from e
+            raise ValueError(
+                f"{name} must be a list of ints like 100,100,100, got {value!r}"
+            ) from e
     try:
         if t is float and isinstance(value, (int, float, str)):
             return float(value)
@@ -199,7 +227,9 @@ def load_preset(path: str | Path) -> dict[str, Any]:
         try:
             import tomllib
         except ImportError as e:  # Python 3.10
-            raise ValueError(f"TOML presets need Python >= 3.11; write {path} as JSON instead") from e
+            raise ValueError(
+                f"TOML presets need Python >= 3.11; write {path} as JSON instead"
+            ) from e
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
@@ -210,7 +240,9 @@ def load_preset(path: str | Path) -> dict[str, Any]:
         except json.JSONDecodeError as e:
             raise ValueError(f"preset {path} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"preset {path} must hold a table of config fields, got {type(data).__name__}")
+        raise ValueError(
+            f"preset {path} must hold a table of config fields, got {type(data).__name__}"
+        )
     Config.from_dict(_with_defaults(data))  # validates names and types now
     return data
 
@@ -228,14 +260,30 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         if t is bool:
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"(default {default})")
+            g.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"(default {default})",
+            )
         elif typing.get_origin(t) is tuple:
-            g.add_argument(flag, dest=f.name, default=None, metavar="N,N,...",
-                           help=f"(default {','.join(map(str, default))})")
+            g.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                metavar="N,N,...",
+                help=f"(default {','.join(map(str, default))})",
+            )
         else:
-            g.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
-                           help=f"(default {default!r})")
+            g.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                metavar=f.name.upper(),
+                help=(f"{' | '.join(allowed)}; " if (allowed := _choices().get(f.name)) else "")
+                + f"(default {default!r})",
+            )
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Config:
@@ -246,4 +294,3 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
         if v is not None:
             d[f.name] = v
     return Config.from_dict(d)
-

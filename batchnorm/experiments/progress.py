@@ -18,6 +18,8 @@ def _fmt(seconds: float) -> str:
 class Progress:
     """``[####....]  42% 1234/2900 steps  01:10<01:35  lenet ours seed 0``.
 
+    ``weight`` scales what one ``update()`` counts, so runs of unequal cost share one bar.
+
     Redraws at most every ``interval`` seconds; on a terminal in place (carriage return),
     otherwise one line per redraw (at most every 30 s) so logs stay short.
 
@@ -32,7 +34,8 @@ class Progress:
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval = 0.5 if self.tty else 30.0
-        self.done, self.note = 0, ""
+        self.done, self.note = 0.0, ""
+        self.weight = 1.0  # work per update() call, e.g. the relative cost of one step of a model
         self.start = time.perf_counter()
         self._last = 0.0
 
@@ -41,7 +44,7 @@ class Progress:
         self._draw(force=True)
 
     def update(self, n: int = 1) -> None:
-        self.done += n
+        self.done += n * self.weight
         self._draw()
 
     def _draw(self, force: bool = False) -> None:
@@ -55,8 +58,10 @@ class Progress:
         elapsed = now - self.start
         eta = elapsed / frac - elapsed if frac > 0 else 0.0
         bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
-        line = (f"[{bar}] {100 * frac:3.0f}% {self.done}/{self.total} {self.unit} "
-                f"{_fmt(elapsed)}<{_fmt(eta)}  {self.note}")
+        line = (
+            f"[{bar}] {100 * frac:3.0f}% {self.done:.0f}/{self.total} {self.unit} "
+            f"{_fmt(elapsed)}<{_fmt(eta)}  {self.note}"
+        )
         if self.tty:
             self.stream.write("\r" + line[:150].ljust(150))
         else:

@@ -30,7 +30,11 @@ def load_manifest(out: str | Path) -> dict[str, Any]:
 
 def _fmt_s(s: float) -> str:
     s = int(round(s))
-    return f"{s // 3600}h {s % 3600 // 60:02d}m {s % 60:02d}s" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+    return (
+        f"{s // 3600}h {s % 3600 // 60:02d}m {s % 60:02d}s"
+        if s >= 3600
+        else f"{s // 60}m {s % 60:02d}s"
+    )
 
 
 def _experiment_result(out: Path, exp, entry: dict[str, Any]) -> dict[str, Any]:
@@ -50,13 +54,22 @@ def _experiment_result(out: Path, exp, entry: dict[str, Any]) -> dict[str, Any]:
     res["wall_s"] = sum(r["summary"]["wall_s"] for r in unique.values())
     res["runs"] = len(unique)
     res["seeds"] = sorted({r["config"].seed for r in unique.values()})
-    if missing or any(not runs for runs in groups.values()):
-        res["held"], res["lines"] = None, [f"{len(missing)} run(s) not finished: {', '.join(missing[:4])}"]
+    if any(not runs for runs in groups.values()):
+        res["held"], res["lines"] = (
+            None,
+            [f"{len(missing)} run(s) not finished: {', '.join(missing[:4])}"],
+        )
         return res
     try:
         res["held"], res["lines"] = exp.verdict(groups)
     except Exception as e:  # a verdict must never hide the rest of the report
         res["held"], res["lines"] = None, [f"could not evaluate the rule: {type(e).__name__}: {e}"]
+    if missing:  # every group has at least one finished run: a partial result, said so
+        res["lines"].insert(
+            0,
+            f"PARTIAL: {len(missing)} of {len(missing) + res['runs']} runs not finished "
+            f"(interrupted); the numbers below use the finished seeds only",
+        )
     try:
         res["figure"] = exp.plot(groups, out / "figures" / f"{exp.id}.png", exp)
     except Exception as e:
@@ -64,8 +77,9 @@ def _experiment_result(out: Path, exp, entry: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-def _verdict_word(held: bool | None) -> str:
-    return {True: "HELD", False: "NOT HELD", None: "UNDECIDED"}[held]
+def _verdict_word(held: bool | None, partial: bool = False) -> str:
+    word = {True: "HELD", False: "NOT HELD", None: "UNDECIDED"}[held]
+    return word + (" (partial)" if partial and held is not None else "")
 
 
 def write_report(out: str | Path) -> tuple[Path, Path]:
@@ -77,8 +91,11 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     manifest = load_manifest(out)
     known = {e.id: e for e in EXPERIMENTS}
-    results = [_experiment_result(out, known[eid], entry) for eid, entry in manifest["experiments"].items()
-               if eid in known]
+    results = [
+        _experiment_result(out, known[eid], entry)
+        for eid, entry in manifest["experiments"].items()
+        if eid in known
+    ]
     quick = manifest.get("quick", False)
     head = [
         f"# Batch normalization on {manifest.get('dataset', 'mnist').upper()}: the articles' claims, reproduced",
@@ -97,30 +114,44 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
         "|---|---|---|---|---|",
     ]
     for r in results:
-        head.append(f"| [{r['exp'].title}](#{r['exp'].id}) | {_verdict_word(r['held'])} | {r['runs']} | "
-                    f"{len(r['seeds'])} | {_fmt_s(r['wall_s'])} |")
+        head.append(
+            f"| [{r['exp'].title}](#{r['exp'].id}) | {_verdict_word(r['held'], bool(r['missing']))} | {r['runs']} | "
+            f"{len(r['seeds'])} | {_fmt_s(r['wall_s'])} |"
+        )
     md, parts = list(head), []
     for r in results:
         e = r["exp"]
         proto = e.protocol.get(quick, e.protocol.get(False, ""))
         sec = [
-            "", f'<a id="{e.id}"></a>', f"## {e.title}", "",
-            f"**Claim** ({e.source}): {e.claim}", "",
-            f"**Measured**: {e.measured}", "",
-            f"**Protocol**: {proto}." if proto else "", "",
-            f"**Rule**: {e.rule}", "",
-            f"**Result: {_verdict_word(r['held'])}** ({r['runs']} runs, {_fmt_s(r['wall_s'])})", "",
+            "",
+            f'<a id="{e.id}"></a>',
+            f"## {e.title}",
+            "",
+            f"**Claim** ({e.source}): {e.claim}",
+            "",
+            f"**Measured**: {e.measured}",
+            "",
+            f"**Protocol**: {proto}." if proto else "",
+            "",
+            f"**Rule**: {e.rule}",
+            "",
+            f"**Result: {_verdict_word(r['held'], bool(r['missing']))}** ({r['runs']} runs, {_fmt_s(r['wall_s'])})",
+            "",
         ]
         sec += [f"- {line}" for line in r["lines"]]
         md += sec
         if r["figure"]:
             md += ["", f"![{e.title}](figures/{Path(r['figure']).name})"]
         parts.append((sec, r["figure"]))
-    md += ["", "## Run folders", "",
-           "Each run folder under `runs/` holds `config.json` (every field; rerun one with "
-           "`batchnorm train --preset runs/<name>/config.json`), `metrics.jsonl` (one line per "
-           "evaluation), `summary.json` (final metrics under every evaluation statistic, times) and "
-           "`curves.png`."]
+    md += [
+        "",
+        "## Run folders",
+        "",
+        "Each run folder under `runs/` holds `config.json` (every field; rerun one with "
+        "`batchnorm train --preset runs/<name>/config.json`), `metrics.jsonl` (one line per "
+        "evaluation), `summary.json` (final metrics under every evaluation statistic, times) and "
+        "`curves.png`.",
+    ]
     md_path = out / "report.md"
     md_path.write_text("\n".join(md) + "\n")
     html_path = out / "report.html"
@@ -186,11 +217,17 @@ def _html(head: list[str], parts: list[tuple[list[str], Path | None]], tail: lis
         body.append(_lines_html(sec))
         if fig:
             data = base64.b64encode(Path(fig).read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(Path(fig).stem)}" src="data:image/png;base64,{data}">')
+            body.append(
+                f'<img alt="{html.escape(Path(fig).stem)}" src="data:image/png;base64,{data}">'
+            )
     body.append(_lines_html(tail))
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-             "line-height:1.45;color:#222}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em}"
-             "code{background:#f3f3f3;padding:0 .2em}h2{border-top:1px solid #ddd;padding-top:.8em}")
-    return ("<!doctype html>\n<html><head><meta charset='utf-8'><title>batchnorm: reproduction report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+        "line-height:1.45;color:#222}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em}"
+        "code{background:#f3f3f3;padding:0 .2em}h2{border-top:1px solid #ddd;padding-top:.8em}"
+    )
+    return (
+        "<!doctype html>\n<html><head><meta charset='utf-8'><title>batchnorm: reproduction report</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

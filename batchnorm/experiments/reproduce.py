@@ -20,21 +20,47 @@ __all__ = ["add_arguments", "run", "reproduce"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true",
-                   help="reduced protocols: a few minutes in all (for CI and a first look)")
-    p.add_argument("--out", default=None,
-                   help="output folder (default reports/quick with --quick, else reports/full)")
-    p.add_argument("--only", default=None, metavar="IDS",
-                   help="comma-separated experiment ids: article001, figure1, lr_mlp, lr_lenet, init, "
-                        "dropout, batch_size, inference")
-    p.add_argument("--dataset", default="mnist", help="mnist (default), fashion-mnist, idx or synthetic")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced protocols: a few minutes in all (for CI and a first look)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default reports/quick with --quick, else reports/full)",
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        metavar="IDS",
+        help="comma-separated experiment ids: article001, figure1, lr_mlp, lr_lenet, init, "
+        "dropout, batch_size, inference",
+    )
+    p.add_argument(
+        "--dataset", default="mnist", help="mnist (default), fashion-mnist, idx or synthetic"
+    )
     p.add_argument("--data-dir", default="", help="folder of IDX files (for --dataset idx)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = all cores)")
     p.add_argument("--force", action="store_true", help="retrain runs even if finished")
-    p.add_argument("--report-only", action="store_true", help="only rebuild the report from the run files")
+    p.add_argument(
+        "--report-only", action="store_true", help="only rebuild the report from the run files"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--steps-cap", type=int, default=0, metavar="N",
-                   help="cap every run at N steps (smoke tests; results are meaningless)")
+    p.add_argument(
+        "--steps-cap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="cap every run at N steps (smoke tests; results are meaningless)",
+    )
+
+
+def _step_cost(cfg) -> float:
+    """Rough relative cost of one training step (for the progress bar's ETA only)."""
+    per_sample = 8.0 if cfg.model in ("lenet", "lenet5") else 1.0
+    fixed = 20.0 if cfg.norm in ("ours", "torch") else 10.0  # per-step overhead, in samples
+    return per_sample * (cfg.batch_size + fixed) / 100.0
 
 
 def _planned(cfg, n_train: int) -> int:
@@ -42,9 +68,19 @@ def _planned(cfg, n_train: int) -> int:
     return cfg.steps if cfg.steps > 0 else cfg.epochs * (n // cfg.batch_size)
 
 
-def reproduce(out: str | Path, *, quick: bool = False, only: str | None = None, dataset: str = "mnist",
-              data_dir: str = "", threads: int = 0, force: bool = False, progress: bool = True,
-              steps_cap: int = 0, command: str = "batchnorm reproduce") -> tuple[Path, Path]:
+def reproduce(
+    out: str | Path,
+    *,
+    quick: bool = False,
+    only: str | None = None,
+    dataset: str = "mnist",
+    data_dir: str = "",
+    threads: int = 0,
+    force: bool = False,
+    progress: bool = True,
+    steps_cap: int = 0,
+    command: str = "batchnorm reproduce",
+) -> tuple[Path, Path]:
     """Train what is missing, write ``manifest.json``, then ``report.md`` and ``report.html``.
 
     Returns:
@@ -68,7 +104,7 @@ def reproduce(out: str | Path, *, quick: bool = False, only: str | None = None, 
             plan[e.id] = groups
     data = None
     unique: dict[str, object] = {}
-    for eid, groups in plan.items():
+    for groups in plan.values():
         for label, cfgs in groups.items():
             new = []
             for c in cfgs:
@@ -84,27 +120,49 @@ def reproduce(out: str | Path, *, quick: bool = False, only: str | None = None, 
                 unique[c.run_name()] = c
             groups[label] = new
     manifest = {
-        "command": command, "quick": quick, "dataset": dataset,
+        "command": command,
+        "quick": quick,
+        "dataset": dataset,
         "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
-        "torch": torch.__version__, "threads": threads or os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": threads or os.cpu_count(),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "experiments": {eid: {"groups": {lab: [c.run_name() for c in cfgs] for lab, cfgs in groups.items()}}
-                        for eid, groups in plan.items()},
+        "experiments": {
+            eid: {"groups": {lab: [c.run_name() for c in cfgs] for lab, cfgs in groups.items()}}
+            for eid, groups in plan.items()
+        },
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     todo = [c for name, c in unique.items() if force or not is_finished(run_dir(c, out))]
+    todo.sort(
+        key=lambda c: c.seed
+    )  # every variant's first seed first: an interrupted run is still useful
     n_train = len(data.train_x) if data is not None else 0
-    bar = Progress(sum(_planned(c, n_train) for c in todo), enabled=progress)
-    print(f"[reproduce] {len(unique)} runs in {len(plan)} experiments; {len(unique) - len(todo)} finished "
-          f"already, {len(todo)} to train; output {out}", file=sys.stderr)
+    bar = Progress(
+        int(sum(_planned(c, n_train) * _step_cost(c) for c in todo)),
+        unit="work units",
+        enabled=progress,
+    )
+    print(
+        f"[reproduce] {len(unique)} runs in {len(plan)} experiments; {len(unique) - len(todo)} finished "
+        f"already, {len(todo)} to train; output {out}",
+        file=sys.stderr,
+    )
     for i, c in enumerate(todo):
-        bar.set_note(f"run {i + 1}/{len(todo)}: {c.label()} {c.norm} seed {c.seed}")
+        bar.weight = _step_cost(c)
+        bar.set_note(
+            f"run {i + 1}/{len(todo)}: {c.label()} {c.norm} batch {c.batch_size} seed {c.seed}"
+        )
         train_run(c, out, data=data, progress=bar, force=force)
     bar.close()
-    manifest.update({
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": round(time.perf_counter() - t0, 1), "trained": len(todo), "reused": len(unique) - len(todo),
-    })
+    manifest.update(
+        {
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "trained": len(todo),
+            "reused": len(unique) - len(todo),
+        }
+    )
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return write_report(out)
 
@@ -120,9 +178,18 @@ def run(args: argparse.Namespace) -> int:
         else:
             argv = sys.argv[1:] if sys.argv[1:2] == ["reproduce"] else ["reproduce"]
             cmd = "batchnorm " + " ".join(argv)
-            md, html = reproduce(out, quick=args.quick, only=args.only, dataset=args.dataset,
-                                 data_dir=args.data_dir, threads=args.threads, force=args.force,
-                                 progress=not args.no_progress, steps_cap=args.steps_cap, command=cmd)
+            md, html = reproduce(
+                out,
+                quick=args.quick,
+                only=args.only,
+                dataset=args.dataset,
+                data_dir=args.data_dir,
+                threads=args.threads,
+                force=args.force,
+                progress=not args.no_progress,
+                steps_cap=args.steps_cap,
+                command=cmd,
+            )
     except (DataError, ValueError) as e:
         print(f"batchnorm reproduce: error: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,9 @@ Evaluation statistics (``eval_stats``) for networks with batch norm:
 
 - ``running``: ``model.eval()``, the running (EMA) statistics;
 - ``population``: a copy whose BN statistics are recomputed over ``population_samples``
-  training images (:func:`batchnorm.population.recompute_statistics`, Algorithm 2);
+  training images (:func:`batchnorm.population.recompute_statistics`, Algorithm 2 with the
+  exact pooled estimator, ``mode="eval"``: every layer gets the statistics of what it sees
+  at inference);
 - ``batch``: a copy that normalizes every test batch of ``batch_size`` by its own statistics.
 
 At the end every BN network is also evaluated in all three ways, with batch statistics of
@@ -39,6 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..population import recompute_statistics
 from .augment import random_affine
 from .config import Config
 from .data import Dataset, load_dataset
@@ -74,7 +77,11 @@ def read_run(path: str | Path) -> dict[str, Any]:
     """``{"config": Config, "metrics": [dict, ...], "summary": dict, "path": Path}`` of a run folder."""
     path = Path(path)
     cfg = Config.from_dict(json.loads((path / "config.json").read_text()))
-    metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = [
+        json.loads(line)
+        for line in (path / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     summary = json.loads((path / "summary.json").read_text())
     return {"config": cfg, "metrics": metrics, "summary": summary, "path": path}
 
@@ -106,13 +113,15 @@ def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _batches(x: Tensor, batch_size: int) -> Iterator[Tensor]:
     for i in range(0, len(x), batch_size):
-        yield x[i:i + batch_size]
+        yield x[i : i + batch_size]
 
 
 @torch.no_grad()
@@ -120,52 +129,27 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[f
     """Mean cross-entropy and accuracy of ``model`` (in whatever mode it is) over (x, y)."""
     loss_sum, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])  # (B, classes)
-        loss_sum += nn.functional.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+        logits = model(x[i : i + batch_size])  # (B, classes)
+        loss_sum += nn.functional.cross_entropy(
+            logits, y[i : i + batch_size], reduction="sum"
+        ).item()
+        correct += (logits.argmax(1) == y[i : i + batch_size]).sum().item()
     return loss_sum / len(x), correct / len(x)
 
 
-def _recompute(model: nn.Module, batches) -> nn.Module:
-    try:
-        from ..population import recompute_statistics
-    except ImportError:  # until batchnorm.population lands: Algorithm 2 by cumulative averages
-        return _recompute_cumulative(model, batches)
-    return recompute_statistics(model, batches)
-
-
-@torch.no_grad()
-def _recompute_cumulative(model: nn.Module, batches) -> nn.Module:
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    flags = [(m, m.training) for m in model.modules()]
-    momenta = [bn.momentum for bn in bns]
-    try:
-        model.eval()
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None  # running = mean over batches of the batch statistics
-            bn.train()
-        for b in batches:
-            model(b)
-    finally:
-        for m, training in flags:
-            m.training = training
-        for bn, mom in zip(bns, momenta):
-            bn.momentum = mom
-    return model
-
-
-def population_copy(model: nn.Module, train_x: Tensor, cfg: Config, g: torch.Generator) -> nn.Module:
+def population_copy(
+    model: nn.Module, train_x: Tensor, cfg: Config, g: torch.Generator
+) -> nn.Module:
     """A copy of ``model`` in eval mode with BN statistics recomputed on training images."""
     m = copy.deepcopy(model)
     n = len(train_x) if cfg.population_samples <= 0 else min(cfg.population_samples, len(train_x))
     idx = torch.randperm(len(train_x), generator=g)[:n]
     # Training-size batches of the training data, unaugmented (Algorithm 2, step 9).
     xs = train_x[idx]
-    # The pooled estimator gives the exact statistics of these images whatever the split, so
-    # large batches are used (Algorithm 2 averages over training-size batches: same limit).
+    # mode="eval": each layer gets the exact (pooled) statistics of the inputs it sees at
+    # inference, whatever the batching, so large batches are used for speed.
     batches = [b for b in _batches(xs, max(cfg.batch_size, cfg.eval_batch_size)) if len(b) > 1]
-    _recompute(m, batches)
+    recompute_statistics(m, batches, mode="eval", estimator="pooled")
     return m.eval()
 
 
@@ -181,7 +165,9 @@ def batch_stats_copy(model: nn.Module) -> nn.Module:
     return m
 
 
-def _eval_model(model: nn.Module, mode: str, train_x: Tensor, cfg: Config, g: torch.Generator) -> nn.Module:
+def _eval_model(
+    model: nn.Module, mode: str, train_x: Tensor, cfg: Config, g: torch.Generator
+) -> nn.Module:
     if mode == "running" or not has_batch_norm(model):
         return model.eval()
     if mode == "population":
@@ -212,7 +198,9 @@ class _Watch:
 # --------------------------------------------------------------------------- final evaluation
 
 
-def final_evaluation(model: nn.Module, data: Dataset, train_x: Tensor, cfg: Config) -> dict[str, Any]:
+def final_evaluation(
+    model: nn.Module, data: Dataset, train_x: Tensor, cfg: Config
+) -> dict[str, Any]:
     """Test loss/accuracy under every evaluation statistic, small test batches, single images."""
     g = torch.Generator().manual_seed(cfg.seed + 12345)
     tx, ty = data.test_x, data.test_y
@@ -242,7 +230,7 @@ def final_evaluation(model: nn.Module, data: Dataset, train_x: Tensor, cfg: Conf
     with torch.no_grad():
         xs = tx[:SINGLE_IMAGE_SAMPLES]
         batched = model(xs)
-        single = torch.cat([model(xs[i:i + 1]) for i in range(len(xs))])
+        single = torch.cat([model(xs[i : i + 1]) for i in range(len(xs))])
     out["single"] = {
         "test_acc": (single.argmax(1) == ty[:SINGLE_IMAGE_SAMPLES]).float().mean().item(),
         "max_abs_diff_vs_batched": _finite((single - batched).abs().max().item()),
@@ -254,8 +242,15 @@ def final_evaluation(model: nn.Module, data: Dataset, train_x: Tensor, cfg: Conf
 # --------------------------------------------------------------------------- training
 
 
-def train_run(cfg: Config, root: str | Path, *, data: Dataset | None = None, progress: Progress | None = None,
-              force: bool = False, figures: bool = True) -> dict[str, Any]:
+def train_run(
+    cfg: Config,
+    root: str | Path,
+    *,
+    data: Dataset | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
+    figures: bool = True,
+) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir(cfg, root)`` unless that run is finished; return its files.
 
     Args:
@@ -284,12 +279,13 @@ def train_run(cfg: Config, root: str | Path, *, data: Dataset | None = None, pro
 
     torch.set_num_threads(cfg.threads if cfg.threads > 0 else (os.cpu_count() or 1))
     torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
+    g_eval = torch.Generator().manual_seed(cfg.seed + 1)  # population subsets: never perturbs g
     data = get_dataset(cfg) if data is None else data
     dev = torch.device(cfg.device)
     train_x, train_y = data.train_x, data.train_y
     if cfg.train_samples > 0:
-        train_x, train_y = train_x[:cfg.train_samples], train_y[:cfg.train_samples]
+        train_x, train_y = train_x[: cfg.train_samples], train_y[: cfg.train_samples]
     train_x, train_y = train_x.to(dev), train_y.to(dev)
     test_x, test_y = data.test_x.to(dev), data.test_y.to(dev)
     data = Dataset(data.name, train_x, train_y, test_x, test_y, data.num_classes)
@@ -313,7 +309,7 @@ def train_run(cfg: Config, root: str | Path, *, data: Dataset | None = None, pro
     def log(step: int) -> None:
         nonlocal eval_time, seen_loss, seen_correct, seen_count
         t0 = time.perf_counter()
-        m = _eval_model(model, cfg.eval_stats, train_x, cfg, g)
+        m = _eval_model(model, cfg.eval_stats, train_x, cfg, g_eval)
         watch = _Watch(m, cfg.watch_unit) if cfg.watch_unit >= 0 else None
         try:
             bs = cfg.batch_size if cfg.eval_stats == "batch" else cfg.eval_batch_size
@@ -323,8 +319,12 @@ def train_run(cfg: Config, root: str | Path, *, data: Dataset | None = None, pro
                 watch.close()
         _, train_acc = evaluate(m, train_x[:train_eval], train_y[:train_eval], bs)
         row = {
-            "step": step, "epoch": step / steps_per_epoch, "time_s": round(train_time, 3),
-            "test_loss": _finite(test_loss), "test_acc": test_acc, "train_eval_acc": train_acc,
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "time_s": round(train_time, 3),
+            "test_loss": _finite(test_loss),
+            "test_acc": test_acc,
+            "train_eval_acc": train_acc,
             "train_loss": _finite(seen_loss / seen_count) if seen_count else None,
             "train_acc": seen_correct / seen_count if seen_count else None,
         }
@@ -344,12 +344,18 @@ def train_run(cfg: Config, root: str | Path, *, data: Dataset | None = None, pro
             epoch, pos = divmod(step, steps_per_epoch)
             if pos == 0 and step > 0 and cfg.shuffle:
                 order = torch.randperm(n, generator=g)
-            idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+            idx = order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
             t0 = time.perf_counter()
             xb, yb = train_x[idx], train_y[idx]  # (B, C, H, W), (B,)
             if cfg.augment:
-                xb = random_affine(xb, g, rotation=cfg.aug_rotation, shear=cfg.aug_shear,
-                                   zoom=cfg.aug_zoom, shift=cfg.aug_shift)
+                xb = random_affine(
+                    xb,
+                    g,
+                    rotation=cfg.aug_rotation,
+                    shear=cfg.aug_shear,
+                    zoom=cfg.aug_zoom,
+                    shift=cfg.aug_shift,
+                )
             logits = model(xb)
             loss = nn.functional.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
@@ -376,11 +382,18 @@ def train_run(cfg: Config, root: str | Path, *, data: Dataset | None = None, pro
     finally:
         metrics_f.close()
     summary = {
-        "run": path.name, "label": cfg.label(), "planned_steps": total, "steps": step,
-        "steps_per_epoch": steps_per_epoch, "diverged": diverged,
-        "train_time_s": round(train_time, 3), "eval_time_s": round(eval_time, 3),
-        "wall_s": round(time.perf_counter() - wall0, 3), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "final": final,
+        "run": path.name,
+        "label": cfg.label(),
+        "planned_steps": total,
+        "steps": step,
+        "steps_per_epoch": steps_per_epoch,
+        "diverged": diverged,
+        "train_time_s": round(train_time, 3),
+        "eval_time_s": round(eval_time, 3),
+        "wall_s": round(time.perf_counter() - wall0, 3),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "final": final,
     }
     if figures:
         try:

@@ -23,12 +23,22 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .config import add_config_arguments
 
-    p.add_argument("--preset", default=None, metavar="FILE", help="JSON or TOML file of config fields")
-    p.add_argument("--out", default="runs", help="output root; the run goes to OUT/runs/<name> (default runs)")
-    p.add_argument("--seeds", default=None, metavar="S,S,...", help="train once per seed (overrides --seed)")
-    p.add_argument("--force", action="store_true", help="retrain even if this config has finished in OUT")
+    p.add_argument(
+        "--preset", default=None, metavar="FILE", help="JSON or TOML file of config fields"
+    )
+    p.add_argument(
+        "--out", default="runs", help="output root; the run goes to OUT/runs/<name> (default runs)"
+    )
+    p.add_argument(
+        "--seeds", default=None, metavar="S,S,...", help="train once per seed (overrides --seed)"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="retrain even if this config has finished in OUT"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as JSON and exit"
+    )
     add_config_arguments(p)
 
 
@@ -48,7 +58,11 @@ def run(args: argparse.Namespace) -> int:
         data = get_dataset(cfg)
         for seed in seeds:
             c = cfg.replace(seed=seed)
-            n = min(len(data.train_x), c.train_samples) if c.train_samples > 0 else len(data.train_x)
+            n = (
+                min(len(data.train_x), c.train_samples)
+                if c.train_samples > 0
+                else len(data.train_x)
+            )
             total = c.steps if c.steps > 0 else c.epochs * (n // c.batch_size)
             bar = Progress(total, enabled=not args.no_progress)
             bar.set_note(f"{c.label()} seed {seed}")
@@ -56,11 +70,13 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
             s = r["summary"]
             f = s["final"]
-            print(f"{r['path']}{' (reused)' if r['reused'] else ''}: test accuracy "
-                  f"{100 * f['running']['test_acc']:.2f}% (running stats), "
-                  f"{100 * f['population']['test_acc']:.2f}% (population), loss "
-                  f"{f['running']['test_loss']}, {s['steps']} steps in {s['train_time_s']:.1f} s"
-                  f"{', DIVERGED' if s['diverged'] else ''}")
+            print(
+                f"{r['path']}{' (reused)' if r['reused'] else ''}: test accuracy "
+                f"{100 * f['running']['test_acc']:.2f}% (running stats), "
+                f"{100 * f['population']['test_acc']:.2f}% (population), loss "
+                f"{f['running']['test_loss']}, {s['steps']} steps in {s['train_time_s']:.1f} s"
+                f"{', DIVERGED' if s['diverged'] else ''}"
+            )
     except (DataError, ValueError) as e:
         print(f"batchnorm train: error: {e}", file=sys.stderr)
         return 2
