@@ -15,7 +15,7 @@ import copy
 import datetime
 import json
 import os
-import socket
+import tempfile
 import time
 
 import numpy as np
@@ -43,17 +43,11 @@ TIGHT = dict(rtol=1e-10, atol=1e-12)
 # --------------------------------------------------------------------------- harness
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, world: int, port: int, fn_name: str) -> None:
+def _entry(rank: int, world: int, store: str, fn_name: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
+        init_method=f"file://{store}",  # a file rendezvous: no port to race other jobs for
         rank=rank,
         world_size=world,
         timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
@@ -67,8 +61,10 @@ def _entry(rank: int, world: int, port: int, fn_name: str) -> None:
 
 def _spawn(fn_name: str, world: int) -> None:
     """Run ``fn_name(rank, world)`` in ``world`` gloo processes; fail (never hang) on error."""
+    tmp = tempfile.TemporaryDirectory()
+    store = os.path.join(tmp.name, "store")
     ctx = mp.start_processes(
-        _entry, args=(world, _free_port(), fn_name), nprocs=world, join=False, start_method="spawn"
+        _entry, args=(world, store, fn_name), nprocs=world, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     try:
@@ -82,6 +78,7 @@ def _spawn(fn_name: str, world: int) -> None:
             if p.is_alive():
                 p.terminate()
                 p.join(5)
+        tmp.cleanup()
 
 
 def _shard(t: torch.Tensor, sizes: list[int], rank: int) -> torch.Tensor:
