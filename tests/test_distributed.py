@@ -314,6 +314,16 @@ def _check_population(rank: int, world: int) -> None:
     _close(model[1].running_mean, mean, f"rank {rank} population mean vs reference")
     _close(model[1].running_var, ref.unbiased(var, n), f"rank {rank} population var vs reference")
 
+    # mode="eval" (one pass per layer, earlier layers with their new statistics): the layers
+    # are all-reduced one after the other, in the same order on every rank.
+    batches = _pop_batches([[5, 3], [6], [1, 2, 4], [2, 7]])
+    model = recompute_statistics(convert_sync_batchnorm(_pop_net()), batches[rank], mode="eval")
+    one = recompute_statistics(
+        _pop_net(), [b for bs in batches for b in bs], mode="eval", process_group=solos[rank]
+    )
+    for (name, a), b in zip(model.state_dict().items(), one.state_dict().values(), strict=True):
+        _close(a, b, f"rank {rank} population (mode eval) {name}", rtol=1e-10, atol=1e-12)
+
     # With SyncBatchNorm layers the earlier layers normalize with the *global* batch, as one
     # process does on the concatenation of the k-th batch of every rank (same batch count).
     batches = _pop_batches([[3, 2], [0, 4], [5, 1], [2, 2]])
