@@ -63,7 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the initialization and the data order (0)"
     )
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(float32)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="parameters and inputs (float32)",
+    )
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="cpu: gloo; cuda: NCCL (cpu)"
     )
@@ -143,6 +148,11 @@ def train(args: argparse.Namespace) -> dict:
         opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
 
         steps_per_epoch = n // args.batch_size
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"--batch-size {args.batch_size} is larger than the {n} training images; "
+                "use a smaller batch or more --train-samples"
+            )
         total_steps = max(1, round(args.epochs * steps_per_epoch))
         curve: list[tuple[int, int, float]] = []
         t0, step = time.perf_counter(), 0
@@ -266,7 +276,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m batchnorm.distributed_demo", description=__doc__.split("\n")[0]
+        prog="python -m batchnorm.distributed_demo",
+        description="Data-parallel training of the experiments' LeNet with DDP and SyncBatchNorm.",
     )
     add_arguments(p)
     return run(p.parse_args(argv))
