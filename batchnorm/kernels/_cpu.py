@@ -1,0 +1,167 @@
+"""The fast CPU kernel set: ``cpu.cpp`` behind four ``torch.library`` custom ops.
+
+Each primitive of :mod:`batchnorm.kernels` is one custom op (``batchnorm::cpu_stats``,
+``batchnorm::cpu_normalize``, ``batchnorm::cpu_backward_reduce``,
+``batchnorm::cpu_backward_elemt``) with a fake (meta) implementation, so ``torch.compile``
+and ``torch.export`` see them as opaque nodes with known output shapes; the core's
+autograd Function calls them through :func:`batchnorm.kernels.get`.
+
+Supported: CPU tensors of float32, float64, bfloat16 or float16 that are contiguous (NCHW,
+NCL, NCDHW, (N, C)) or have the channel axis innermost and the rest dense (channels-last,
+channels-last-3d, Keras ``axis=-1``). Anything else, or a machine where the library cannot
+be built, gets the native torch-op kernels with the same results up to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import _cpu_build, _native
+
+_DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+
+
+def geometry(x: Tensor, axis: int) -> tuple[int, int, int] | None:
+    """``(outer, C, inner)`` of a layout the kernels read, or None.
+
+    ``inner > 1``: channel-major runs (contiguous NC*); ``inner == 1``: rows of C channels
+    (channels-last or 2-D). ``axis`` is non-negative.
+    """
+    C = x.shape[axis]
+    if x.is_contiguous():
+        return math.prod(x.shape[:axis]), C, math.prod(x.shape[axis + 1 :])
+    if x.stride(axis) == 1 and x.movedim(axis, -1).is_contiguous():
+        return x.numel() // C, C, 1
+    return None
+
+
+def available() -> bool:
+    """Whether the compiled library is loaded (building it on the first call)."""
+    return _cpu_build.load() is not None
+
+
+def supports(x: Tensor, axis: int) -> bool:
+    """True for a non-empty CPU tensor of a supported dtype and layout, once the library loads."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in _DTYPE_CODE
+        and x.numel() > 0
+        and geometry(x, axis) is not None
+        and available()
+    )
+
+
+def _acc_vec(v: Tensor, acc: torch.dtype) -> Tensor:
+    return v.to(acc).contiguous()
+
+
+def _like(t: Tensor, x: Tensor) -> Tensor:
+    """``t`` in ``x``'s dtype and memory layout (the kernels index both with x's geometry)."""
+    if t.dtype == x.dtype and t.stride() == x.stride():
+        return t
+    return torch.empty_like(x).copy_(t)
+
+
+# --------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("batchnorm::cpu_stats", mutates_args=(), device_types="cpu")
+def cpu_stats(x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+    """Per-channel mean (float64) and biased variance (accumulation dtype); see cpu.cpp."""
+    geo = geometry(x, axis)
+    lib = _cpu_build.load()
+    if geo is None or lib is None or x.dtype not in _DTYPE_CODE:
+        mean, var = _native.stats(x, axis)
+        return mean.clone(), var.clone()
+    C = geo[1]
+    mean = torch.empty(C, dtype=torch.float64)
+    var = torch.empty(C, dtype=torch.float64)
+    rc = lib.bn_stats(_DTYPE_CODE[x.dtype], x.data_ptr(), *geo, mean.data_ptr(), var.data_ptr(),
+                      torch.get_num_threads())
+    assert rc == 0, rc
+    return mean, var.to(_native.acc_dtype(x.dtype))
+
+
+@cpu_stats.register_fake
+def _(x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+    C = x.shape[axis]
+    return x.new_empty(C, dtype=torch.float64), x.new_empty(C, dtype=_native.acc_dtype(x.dtype))
+
+
+@torch.library.custom_op("batchnorm::cpu_normalize", mutates_args=(), device_types="cpu")
+def cpu_normalize(x: Tensor, axis: int, mean: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``y = ((x - hi) - lo) * scale + shift`` per channel, in x's dtype and layout."""
+    geo = geometry(x, axis)
+    lib = _cpu_build.load()
+    if geo is None or lib is None or x.dtype not in _DTYPE_CODE:
+        return _native.normalize(x, axis, mean, scale, shift)
+    acc = _native.acc_dtype(x.dtype)
+    mean = _acc_vec(mean, torch.float64)
+    scale, shift = _acc_vec(scale, acc), _acc_vec(shift, acc)
+    y = torch.empty_like(x)
+    rc = lib.bn_normalize(_DTYPE_CODE[x.dtype], x.data_ptr(), y.data_ptr(), *geo, mean.data_ptr(),
+                          scale.data_ptr(), shift.data_ptr(), torch.get_num_threads())
+    assert rc == 0, rc
+    return y
+
+
+@cpu_normalize.register_fake
+def _(x: Tensor, axis: int, mean: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("batchnorm::cpu_backward_reduce", mutates_args=(), device_types="cpu")
+def cpu_backward_reduce(dy: Tensor, x: Tensor, axis: int, mean: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum(dy)`` and ``sum(dy * (x - mean))`` per channel, accumulated in float64."""
+    geo = geometry(x, axis)
+    lib = _cpu_build.load()
+    if geo is None or lib is None or x.dtype not in _DTYPE_CODE:
+        s1, s2 = _native.backward_reduce(dy, x, axis, mean)
+        return s1.clone(), s2.clone()
+    acc = _native.acc_dtype(x.dtype)
+    dy = _like(dy, x)
+    mean = _acc_vec(mean, torch.float64)
+    C = geo[1]
+    sum_dy = torch.empty(C, dtype=torch.float64)
+    sum_dy_xmu = torch.empty(C, dtype=torch.float64)
+    rc = lib.bn_backward_reduce(_DTYPE_CODE[x.dtype], dy.data_ptr(), x.data_ptr(), *geo,
+                                mean.data_ptr(), sum_dy.data_ptr(), sum_dy_xmu.data_ptr(),
+                                torch.get_num_threads())
+    assert rc == 0, rc
+    return sum_dy.to(acc), sum_dy_xmu.to(acc)
+
+
+@cpu_backward_reduce.register_fake
+def _(dy: Tensor, x: Tensor, axis: int, mean: Tensor) -> tuple[Tensor, Tensor]:
+    C = x.shape[axis]
+    acc = _native.acc_dtype(x.dtype)
+    return x.new_empty(C, dtype=acc), x.new_empty(C, dtype=acc)
+
+
+@torch.library.custom_op("batchnorm::cpu_backward_elemt", mutates_args=(), device_types="cpu")
+def cpu_backward_elemt(
+    dy: Tensor, x: Tensor, axis: int, mean: Tensor, k: Tensor, mean_dy: Tensor, proj: Tensor
+) -> Tensor:
+    """``dx = k * (dy - mean_dy - ((x - hi) - lo) * proj)`` per channel, in x's dtype and layout."""
+    geo = geometry(x, axis)
+    lib = _cpu_build.load()
+    if geo is None or lib is None or x.dtype not in _DTYPE_CODE:
+        return _native.backward_elemt(dy, x, axis, mean, k, mean_dy, proj)
+    acc = _native.acc_dtype(x.dtype)
+    dy = _like(dy, x)
+    mean = _acc_vec(mean, torch.float64)
+    k, mean_dy, proj = _acc_vec(k, acc), _acc_vec(mean_dy, acc), _acc_vec(proj, acc)
+    dx = torch.empty_like(x)
+    rc = lib.bn_backward_elemt(_DTYPE_CODE[x.dtype], dy.data_ptr(), x.data_ptr(), dx.data_ptr(),
+                               *geo, mean.data_ptr(), k.data_ptr(), mean_dy.data_ptr(),
+                               proj.data_ptr(), torch.get_num_threads())
+    assert rc == 0, rc
+    return dx
+
+
+@cpu_backward_elemt.register_fake
+def _(dy: Tensor, x: Tensor, axis: int, mean: Tensor, k: Tensor, mean_dy: Tensor, proj: Tensor) -> Tensor:
+    return torch.empty_like(x)

@@ -1,0 +1,375 @@
+// Fast CPU kernels for the four batch-norm primitives (see batchnorm/kernels/__init__.py).
+//
+// Plain C ABI, no torch headers: the library compiles in about a second and is called
+// through ctypes from batchnorm/kernels/_cpu.py, which wraps each primitive in a
+// torch.library custom op. Threads come from the OpenMP runtime torch itself loaded
+// (libgomp.so.1), with the count torch.get_num_threads() passed in on every call.
+//
+// Every supported input is seen as (outer, C, inner), dense:
+//   inner > 1  "planar":      NCHW / NCL / NCDHW contiguous; runs of `inner` values of one
+//                              channel lie next to each other.
+//   inner == 1 "interleaved": channels-last, channels-last-3d, 2-D (N, C); a row of C
+//                              channels is contiguous, `outer` rows.
+//
+// Numerics (the contract of kernels/__init__.py):
+//   stats: per channel a shift K = the first sample; d = x - K in float64; sums of d and
+//          d^2 in float64 per thread (16 independent lanes), added across threads (same K,
+//          so partial sums simply add). mean = K + S1/m (float64),
+//          var = (S2 - S1^2/m)/m. (K - mean)^2 <= m var because K is one of the samples,
+//          so the cancellation costs at most log10(1 + m) of float64's 16 digits.
+//          A constant channel gives d == 0: var == 0 and mean == K exactly.
+//   normalize / backward_elemt: x - mean as (x - hi) - lo with hi = acc(mean),
+//          lo = acc(mean - hi), in the accumulation type (float for float/bf16/half).
+//   backward_reduce: sums of dy and dy * (x - mean) in float64.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+// Below this many elements one thread does the whole job: waking a team costs more.
+constexpr int64_t kSerialBelow = 1 << 15;
+
+struct bf16 {
+  uint16_t bits;
+};
+typedef _Float16 f16;
+
+inline float to_acc(float v) { return v; }
+inline double to_acc(double v) { return v; }
+inline float to_acc(f16 v) { return static_cast<float>(v); }
+inline float to_acc(bf16 v) {
+  uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline void from_acc(float v, float* out) { *out = v; }
+inline void from_acc(double v, double* out) { *out = v; }
+inline void from_acc(float v, f16* out) { *out = static_cast<f16>(v); }
+inline void from_acc(float v, bf16* out) {
+  // Round to nearest even, as torch does; NaN stays a quiet NaN.
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  out->bits = static_cast<uint16_t>(std::isnan(v) ? 0x7FC0u : r);
+}
+
+template <typename T> struct Acc { typedef float type; };
+template <> struct Acc<double> { typedef double type; };
+
+// The per-channel hi/lo split of a float64 mean in the accumulation type.
+template <typename A>
+inline void split(double mean, A* hi, A* lo) {
+  *hi = static_cast<A>(mean);
+  *lo = static_cast<A>(mean - static_cast<double>(*hi));
+}
+
+inline int team_size(int nt, int64_t work) { return (nt > 1 && work >= kSerialBelow) ? nt : 1; }
+
+// Thread `tid` of `nth` gets [begin, end) of [0, total).
+inline void my_range(int64_t total, int tid, int nth, int64_t* begin, int64_t* end) {
+  *begin = total * tid / nth;
+  *end = total * (tid + 1) / nth;
+}
+
+#ifdef _OPENMP
+#define BN_TID omp_get_thread_num()
+#define BN_NTH omp_get_num_threads()
+#else
+#define BN_TID 0
+#define BN_NTH 1
+#endif
+
+// Sums of d = x - k and d^2 over n contiguous values, in float64 with 16 lanes so the
+// additions form independent chains that vectorise (no reassociation flags needed).
+template <typename T>
+inline void shifted_sums(const T* p, int64_t n, double k, double* s1, double* s2) {
+  constexpr int L = 16;
+  double a1[L] = {0}, a2[L] = {0};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    for (int j = 0; j < L; ++j) {
+      double d = static_cast<double>(to_acc(p[i + j])) - k;
+      a1[j] += d;
+      a2[j] += d * d;
+    }
+  }
+  double t1 = 0, t2 = 0;
+  for (; i < n; ++i) {
+    double d = static_cast<double>(to_acc(p[i])) - k;
+    t1 += d;
+    t2 += d * d;
+  }
+  for (int j = 0; j < L; ++j) {
+    t1 += a1[j];
+    t2 += a2[j];
+  }
+  *s1 += t1;
+  *s2 += t2;
+}
+
+// Sums of dy and dy * (x - mean) over n contiguous values, in float64.
+template <typename T>
+inline void grad_sums(const T* dy, const T* x, int64_t n, double mean, double* s1, double* s2) {
+  constexpr int L = 16;
+  double a1[L] = {0}, a2[L] = {0};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    for (int j = 0; j < L; ++j) {
+      double g = static_cast<double>(to_acc(dy[i + j]));
+      a1[j] += g;
+      a2[j] += g * (static_cast<double>(to_acc(x[i + j])) - mean);
+    }
+  }
+  double t1 = 0, t2 = 0;
+  for (; i < n; ++i) {
+    double g = static_cast<double>(to_acc(dy[i]));
+    t1 += g;
+    t2 += g * (static_cast<double>(to_acc(x[i])) - mean);
+  }
+  for (int j = 0; j < L; ++j) {
+    t1 += a1[j];
+    t2 += a2[j];
+  }
+  *s1 += t1;
+  *s2 += t2;
+}
+
+// ------------------------------------------------------------------ reductions (stats, backward_reduce)
+
+// Reduce over (outer, C, inner) into per-thread partial sums part[tid][2][C], then add them.
+// `Row` accumulates one contiguous run: row(c, offset_in_elements, length, s1*, s2*), or for the
+// interleaved case one row of C channels.
+template <typename PlanarRun, typename InterleavedRow>
+void reduce(int64_t outer, int64_t C, int64_t inner, int nt, double* out1, double* out2,
+            PlanarRun planar_run, InterleavedRow interleaved_row) {
+  const int64_t total = outer * C * inner;
+  const int team = team_size(nt, total);
+  std::vector<double> part(static_cast<size_t>(team) * 2 * C, 0.0);
+#pragma omp parallel num_threads(team) if (team > 1)
+  {
+    const int tid = BN_TID, nth = BN_NTH;
+    double* p1 = part.data() + static_cast<size_t>(tid) * 2 * C;
+    double* p2 = p1 + C;
+    int64_t begin, end;
+    if (inner > 1) {
+      my_range(total, tid, nth, &begin, &end);
+      int64_t e = begin;
+      while (e < end) {
+        const int64_t row = e / inner, off = e - row * inner;
+        const int64_t len = std::min(inner - off, end - e);
+        const int64_t c = row % C;
+        planar_run(c, e, len, p1 + c, p2 + c);
+        e += len;
+      }
+    } else {
+      my_range(outer, tid, nth, &begin, &end);
+      for (int64_t r = begin; r < end; ++r) interleaved_row(r * C, p1, p2);
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    double s1 = 0, s2 = 0;
+    for (int t = 0; t < team; ++t) {
+      s1 += part[static_cast<size_t>(t) * 2 * C + c];
+      s2 += part[static_cast<size_t>(t) * 2 * C + C + c];
+    }
+    out1[c] = s1;
+    out2[c] = s2;
+  }
+}
+
+template <typename T>
+void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean, double* var, int nt) {
+  std::vector<double> K(C);
+  for (int64_t c = 0; c < C; ++c) K[c] = static_cast<double>(to_acc(x[c * inner]));
+  const double* k = K.data();
+  std::vector<double> s1(C), s2(C);
+  reduce(
+      outer, C, inner, nt, s1.data(), s2.data(),
+      [&](int64_t c, int64_t e, int64_t len, double* a1, double* a2) {
+        shifted_sums(x + e, len, k[c], a1, a2);
+      },
+      [&](int64_t e, double* a1, double* a2) {
+        const T* p = x + e;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          double d = static_cast<double>(to_acc(p[c])) - k[c];
+          a1[c] += d;
+          a2[c] += d * d;
+        }
+      });
+  const double m = static_cast<double>(outer * inner);
+  for (int64_t c = 0; c < C; ++c) {
+    const double d_mean = s1[c] / m;
+    mean[c] = k[c] + d_mean;
+    var[c] = std::max((s2[c] - s1[c] * d_mean) / m, 0.0);
+  }
+}
+
+template <typename T>
+void backward_reduce(const T* dy, const T* x, int64_t outer, int64_t C, int64_t inner,
+                     const double* mean, double* sum_dy, double* sum_dy_xmu, int nt) {
+  reduce(
+      outer, C, inner, nt, sum_dy, sum_dy_xmu,
+      [&](int64_t c, int64_t e, int64_t len, double* a1, double* a2) {
+        grad_sums(dy + e, x + e, len, mean[c], a1, a2);
+      },
+      [&](int64_t e, double* a1, double* a2) {
+        const T* g = dy + e;
+        const T* p = x + e;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          double gd = static_cast<double>(to_acc(g[c]));
+          a1[c] += gd;
+          a2[c] += gd * (static_cast<double>(to_acc(p[c])) - mean[c]);
+        }
+      });
+}
+
+// ------------------------------------------------------------------ element-wise (normalize, backward_elemt)
+
+// Apply `op(c, e, len)` over contiguous runs of one channel (planar) or `rowop(e)` over rows of C
+// channels (interleaved), split evenly between threads.
+template <typename PlanarRun, typename InterleavedRow>
+void elementwise(int64_t outer, int64_t C, int64_t inner, int nt, PlanarRun planar_run,
+                 InterleavedRow interleaved_row) {
+  const int64_t total = outer * C * inner;
+  const int team = team_size(nt, total);
+#pragma omp parallel num_threads(team) if (team > 1)
+  {
+    const int tid = BN_TID, nth = BN_NTH;
+    int64_t begin, end;
+    if (inner > 1) {
+      my_range(total, tid, nth, &begin, &end);
+      int64_t e = begin;
+      while (e < end) {
+        const int64_t row = e / inner, off = e - row * inner;
+        const int64_t len = std::min(inner - off, end - e);
+        planar_run(row % C, e, len);
+        e += len;
+      }
+    } else {
+      my_range(outer, tid, nth, &begin, &end);
+      for (int64_t r = begin; r < end; ++r) interleaved_row(r * C);
+    }
+  }
+}
+
+// y = ((x - hi) - lo) * scale + shift
+template <typename T>
+void normalize(const T* x, T* y, int64_t outer, int64_t C, int64_t inner, const double* mean,
+               const typename Acc<T>::type* scale, const typename Acc<T>::type* shift, int nt) {
+  typedef typename Acc<T>::type A;
+  std::vector<A> HI(C), LO(C);
+  for (int64_t c = 0; c < C; ++c) split(mean[c], &HI[c], &LO[c]);
+  const A* hi = HI.data();
+  const A* lo = LO.data();
+  elementwise(
+      outer, C, inner, nt,
+      [&](int64_t c, int64_t e, int64_t len) {
+        const A h = hi[c], l = lo[c], s = scale[c], b = shift[c];
+        const T* p = x + e;
+        T* q = y + e;
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) from_acc(((to_acc(p[i]) - h) - l) * s + b, q + i);
+      },
+      [&](int64_t e) {
+        const T* p = x + e;
+        T* q = y + e;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          from_acc(((to_acc(p[c]) - hi[c]) - lo[c]) * scale[c] + shift[c], q + c);
+      });
+}
+
+// dx = k * (dy - mean_dy - ((x - hi) - lo) * proj)
+template <typename T>
+void backward_elemt(const T* dy, const T* x, T* dx, int64_t outer, int64_t C, int64_t inner,
+                    const double* mean, const typename Acc<T>::type* k,
+                    const typename Acc<T>::type* mean_dy, const typename Acc<T>::type* proj, int nt) {
+  typedef typename Acc<T>::type A;
+  std::vector<A> HI(C), LO(C);
+  for (int64_t c = 0; c < C; ++c) split(mean[c], &HI[c], &LO[c]);
+  const A* hi = HI.data();
+  const A* lo = LO.data();
+  elementwise(
+      outer, C, inner, nt,
+      [&](int64_t c, int64_t e, int64_t len) {
+        const A h = hi[c], l = lo[c], kk = k[c], md = mean_dy[c], pr = proj[c];
+        const T* g = dy + e;
+        const T* p = x + e;
+        T* q = dx + e;
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i)
+          from_acc(kk * (to_acc(g[i]) - md - ((to_acc(p[i]) - h) - l) * pr), q + i);
+      },
+      [&](int64_t e) {
+        const T* g = dy + e;
+        const T* p = x + e;
+        T* q = dx + e;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          from_acc(k[c] * (to_acc(g[c]) - mean_dy[c] - ((to_acc(p[c]) - hi[c]) - lo[c]) * proj[c]),
+                   q + c);
+      });
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ C ABI
+// dtype codes: 0 float32, 1 float64, 2 bfloat16, 3 float16. Return 0 on success, -1 on an
+// unknown dtype. Per-channel vectors of the accumulation type are float64 for float64 input,
+// float32 otherwise.
+
+#define BN_DISPATCH(CALL)                        \
+  switch (dtype) {                               \
+    case 0: { typedef float T; CALL; return 0; }  \
+    case 1: { typedef double T; CALL; return 0; } \
+    case 2: { typedef bf16 T; CALL; return 0; }   \
+    case 3: { typedef f16 T; CALL; return 0; }    \
+    default: return -1;                          \
+  }
+
+extern "C" {
+
+int bn_abi_version() { return 1; }
+
+int bn_stats(int dtype, const void* x, int64_t outer, int64_t C, int64_t inner, double* mean,
+             double* var, int nt) {
+  BN_DISPATCH(stats(static_cast<const T*>(x), outer, C, inner, mean, var, nt))
+}
+
+int bn_normalize(int dtype, const void* x, void* y, int64_t outer, int64_t C, int64_t inner,
+                 const double* mean, const void* scale, const void* shift, int nt) {
+  BN_DISPATCH(normalize(static_cast<const T*>(x), static_cast<T*>(y), outer, C, inner, mean,
+                        static_cast<const Acc<T>::type*>(scale),
+                        static_cast<const Acc<T>::type*>(shift), nt))
+}
+
+int bn_backward_reduce(int dtype, const void* dy, const void* x, int64_t outer, int64_t C,
+                       int64_t inner, const double* mean, double* sum_dy, double* sum_dy_xmu,
+                       int nt) {
+  BN_DISPATCH(backward_reduce(static_cast<const T*>(dy), static_cast<const T*>(x), outer, C,
+                              inner, mean, sum_dy, sum_dy_xmu, nt))
+}
+
+int bn_backward_elemt(int dtype, const void* dy, const void* x, void* dx, int64_t outer,
+                      int64_t C, int64_t inner, const double* mean, const void* k,
+                      const void* mean_dy, const void* proj, int nt) {
+  BN_DISPATCH(backward_elemt(static_cast<const T*>(dy), static_cast<const T*>(x),
+                             static_cast<T*>(dx), outer, C, inner, mean,
+                             static_cast<const Acc<T>::type*>(k),
+                             static_cast<const Acc<T>::type*>(mean_dy),
+                             static_cast<const Acc<T>::type*>(proj), nt))
+}
+
+}  // extern "C"
