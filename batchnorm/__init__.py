@@ -11,6 +11,7 @@ from .modules import BatchNorm as BatchNorm
 from .modules import BatchNorm1d as BatchNorm1d
 from .modules import BatchNorm2d as BatchNorm2d
 from .modules import BatchNorm3d as BatchNorm3d
+from .population import recompute_statistics as recompute_statistics
 
 __version__ = "0.1.0"
 
@@ -23,4 +24,5 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "recompute_statistics",
 ]

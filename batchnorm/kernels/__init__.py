@@ -27,8 +27,8 @@ accumulation dtype. A kernel set declines an input through ``supports`` (:class:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -1,0 +1,302 @@
+"""Population statistics for a trained model: Algorithm 2 of the paper as a tool.
+
+After training, replace every BN layer's running statistics by statistics of the data
+itself, computed exactly instead of by a moving average (``docs/math.md``, eq. 17-22).
+Each BN layer sees the inputs it would see in training (earlier BN layers normalize with
+batch statistics, as in Algorithm 2) while the rest of the model is in eval mode (no
+dropout noise). For every batch ``b`` with ``n_b`` values per channel, mean ``mu_b`` and
+biased variance ``s2_b``:
+
+- ``estimator="pooled"`` (default): the exact statistics of the concatenated data,
+  ``mean = sum n_b mu_b / N`` and ``M2 = sum n_b s2_b + sum n_b (mu_b - mean)^2`` (eq. 22),
+  stored as ``M2 / (N - 1)`` (unbiased, as torch) or ``M2 / N`` for a layer with
+  ``store_unbiased=False``. It does not depend on how the data is split into batches.
+- ``estimator="paper"``: Algorithm 2, ``E[x] = E_B[mu_B]`` and
+  ``Var[x] = m/(m-1) E_B[s2_B]`` (eq. 17-18), batches weighted by their size.
+
+With ``torch.distributed`` initialized, the sufficient statistics are all-reduced (two
+packed collectives for all layers together), so every process ends with the same global
+result. Every BN module counts: ours and ``torch.nn.BatchNorm*d`` / ``SyncBatchNorm``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .functional import batch_stats
+
+__all__ = ["recompute_statistics", "bn_layers"]
+
+
+def bn_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
+    """Every batch-norm layer of ``model`` that keeps running statistics, with its name."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, _BatchNorm) and m.running_mean is not None and m.running_var is not None
+    ]
+
+
+@dataclass
+class _Accumulator:
+    """Per-channel (count, mean, M2) merged batch by batch (Chan, eq. 19-21), in float64."""
+
+    count: float = 0.0
+    mean: Tensor | None = None
+    m2: Tensor | None = None
+    # For the paper's estimator: sum over batches of n_b * m_b/(m_b - 1) * s2_b.
+    paper: Tensor | None = None
+    batches: int = 0
+
+    def add(self, n: int, mean: Tensor, var: Tensor) -> None:
+        mean, var = mean.double(), var.double()
+        if self.mean is None:
+            self.count, self.mean, self.m2 = float(n), mean.clone(), var * n
+            self.paper = var * (n * n / (n - 1)) if n > 1 else torch.zeros_like(var)
+        else:
+            total = self.count + n
+            delta = mean - self.mean
+            self.mean = self.mean + delta * (n / total)
+            self.m2 = self.m2 + var * n + delta * delta * (self.count * n / total)
+            self.paper = self.paper + (var * (n * n / (n - 1)) if n > 1 else 0.0)
+            self.count = total
+        self.batches += 1
+
+
+def _layer_axis(module: _BatchNorm) -> int:
+    return getattr(module, "axis", 1)
+
+
+def _first_input(batch: Any) -> Tensor:
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    if isinstance(batch, dict) and "input" in batch:
+        return batch["input"]
+    raise TypeError(
+        f"recompute_statistics got a batch of type {type(batch).__name__}; give tensors, "
+        "(input, target) tuples, or pass forward=lambda model, batch: model(...)"
+    )
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return None
+
+
+class _Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal or asked for."""
+
+    def __init__(self, total: int | None, enabled: bool, label: str) -> None:
+        self.total, self.enabled, self.label = total, enabled, label
+        self.start = time.perf_counter()
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        if self.total:
+            frac = min(done / self.total, 1.0)
+            bar = "#" * int(30 * frac)
+            sys.stderr.write(f"\r{self.label} [{bar:<30}] {done}/{self.total} {elapsed:.1f}s")
+        else:
+            sys.stderr.write(f"\r{self.label} {done} batches {elapsed:.1f}s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _all_reduce_pooled(
+    accs: list[_Accumulator], process_group: Any
+) -> list[tuple[float, Tensor, Tensor, Tensor]]:
+    """Global (count, mean, M2, paper-sum) per layer from every process's accumulators.
+
+    Two packed all_reduces for all layers together: first the counts and count-weighted
+    means, then the M2 terms about the *global* mean (eq. 22), which stays stable when
+    the per-process means differ a lot.
+    """
+    import torch.distributed as dist
+
+    counts = torch.tensor([a.count for a in accs], dtype=torch.float64)
+    sums = [a.mean * a.count for a in accs]
+    packed = torch.cat([counts] + sums)
+    device = accs[0].mean.device
+    backend = dist.get_backend(process_group)
+    if backend == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    packed = packed.to(device)
+    dist.all_reduce(packed, group=process_group)
+    n_layers = len(accs)
+    g_counts = packed[:n_layers].cpu()
+    offset, g_means = n_layers, []
+    for a in accs:
+        c = a.mean.numel()
+        g_means.append(packed[offset : offset + c].cpu() / g_counts[len(g_means)].clamp(min=1))
+        offset += c
+    second = torch.cat(
+        [a.m2 + a.count * (a.mean - gm) ** 2 for a, gm in zip(accs, g_means)]
+        + [a.paper for a in accs]
+    ).to(device)
+    dist.all_reduce(second, group=process_group)
+    second = second.cpu()
+    out, offset = [], 0
+    sizes = [a.mean.numel() for a in accs]
+    m2s = []
+    for c in sizes:
+        m2s.append(second[offset : offset + c])
+        offset += c
+    for i, c in enumerate(sizes):
+        out.append((float(g_counts[i]), g_means[i], m2s[i], second[offset : offset + c]))
+        offset += c
+    return out
+
+
+def recompute_statistics(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    num_batches: int | None = None,
+    num_samples: int | None = None,
+    estimator: str = "pooled",
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    process_group: Any = None,
+) -> nn.Module:
+    """Set every BN layer's running statistics to population statistics of ``batches``.
+
+    ``running_mean = sum_b n_b mu_b / N`` and ``running_var = M2 / (N - 1)`` (pooled, the
+    exact statistics of the concatenated data; ``M2 / N`` for a layer storing biased
+    variances), or Algorithm 2's ``E_B[mu_B]`` and ``m/(m-1) E_B[s2_B]`` with
+    ``estimator="paper"``. ``num_batches_tracked`` is left as it was. The model is modified
+    in place and returned; its training flags and the layers' momenta are restored, and the
+    temporary hooks removed, even if a batch fails.
+
+    Args:
+        model: any module containing BN layers (``torch.nn`` or ours).
+        batches: iterable of input tensors, of (input, ...) tuples/lists, or of anything
+            ``forward`` understands (e.g. a DataLoader).
+        num_batches: use at most this many batches.
+        num_samples: use at most this many samples (the first axis of each input); the
+            last batch is cut to fit.
+        estimator: "pooled" (exact statistics of the data) or "paper" (Algorithm 2).
+        forward: ``forward(model, batch)`` runs the model; default ``model(input)``.
+        device: move inputs to this device; default the model's.
+        progress: draw a progress bar on stderr.
+        process_group: with torch.distributed initialized, the group to all-reduce over
+            (default: the world).
+
+    Returns:
+        ``model``, with new running statistics.
+
+    Raises:
+        ValueError: an unknown estimator, no BN layer with running statistics, no batch,
+            or a layer that no batch reached.
+
+    Example:
+        >>> recompute_statistics(model, (x for x, _ in train_loader), num_batches=100)
+        >>> model.eval()
+    """
+    if estimator not in ("pooled", "paper"):
+        raise ValueError(f"estimator must be 'pooled' or 'paper', got {estimator!r}")
+    for name, value in (("num_batches", num_batches), ("num_samples", num_samples)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1 or None, got {value}")
+    layers = bn_layers(model)
+    if not layers:
+        raise ValueError(
+            "recompute_statistics found no batch-norm layer with running statistics in the model "
+            "(track_running_stats=False layers have none to recompute)"
+        )
+    device = torch.device(device) if device is not None else _model_device(model)
+    accs = {id(m): _Accumulator() for _, m in layers}
+
+    def hook(module: _BatchNorm, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        axis = _layer_axis(module) % x.ndim
+        n = x.numel() // x.shape[axis] if x.numel() else 0
+        if n == 0:
+            return
+        mean, var = batch_stats(x.detach(), axis)
+        accs[id(module)].add(n, mean, var)
+
+    was_training = {id(m): m.training for m in model.modules()}
+    momenta = {id(m): m.momentum for _, m in layers}
+    counters = {
+        id(m): m.num_batches_tracked.clone() for _, m in layers if m.num_batches_tracked is not None
+    }
+    handles = []
+    bar = _Progress(num_batches, progress, "population statistics")
+    seen_batches = seen_samples = 0
+    try:
+        model.eval()
+        for _, m in layers:
+            # Batch statistics in the forward (Algorithm 2), buffers left as they are.
+            m.train()
+            m.momentum = 0.0
+            handles.append(m.register_forward_pre_hook(hook))
+        with torch.no_grad():
+            for batch in batches:
+                if num_batches is not None and seen_batches >= num_batches:
+                    break
+                if num_samples is not None and seen_samples >= num_samples:
+                    break
+                if forward is None:
+                    x = _first_input(batch)
+                    if num_samples is not None:
+                        x = x[: num_samples - seen_samples]
+                    seen_samples += x.shape[0]
+                    model(x.to(device) if device is not None else x)
+                else:
+                    forward(model, batch)
+                seen_batches += 1
+                bar.update(seen_batches)
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+        for m in model.modules():
+            m.training = was_training[id(m)]
+        for _, m in layers:
+            m.momentum = momenta[id(m)]
+            if id(m) in counters:
+                m.num_batches_tracked.copy_(counters[id(m)])
+
+    if seen_batches == 0:
+        raise ValueError("recompute_statistics got no batch: the iterable was empty")
+    ordered = [accs[id(m)] for _, m in layers]
+    missing = [name for (name, _), a in zip(layers, ordered) if a.mean is None]
+    if missing:
+        raise ValueError(
+            f"no batch reached the BN layer(s) {missing}; check that forward runs them, "
+            "or remove them from the model"
+        )
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1:
+        merged = _all_reduce_pooled(ordered, process_group)
+    else:
+        merged = [(a.count, a.mean, a.m2, a.paper) for a in ordered]
+
+    with torch.no_grad():
+        for (_, m), (count, mean, m2, paper) in zip(layers, merged):
+            if estimator == "pooled":
+                unbiased = getattr(m, "store_unbiased", True)
+                var = m2 / (count - 1) if unbiased and count > 1 else m2 / count
+            else:
+                var = paper / count
+            m.running_mean.copy_(mean.to(m.running_mean))
+            m.running_var.copy_(var.to(m.running_var))
+    return model
