@@ -38,8 +38,13 @@ def geometry(x: Tensor, axis: int) -> tuple[int, int, int] | None:
     return None
 
 
+@torch.compiler.assume_constant_result
 def available() -> bool:
-    """Whether the compiled library is loaded (building it on the first call)."""
+    """Whether the compiled library is loaded (building it on the first call).
+
+    ``torch.compile`` runs this once while tracing and keeps the answer as a constant
+    (the build takes a lock that Dynamo cannot trace).
+    """
     return _cpu_build.load() is not None
 
 
