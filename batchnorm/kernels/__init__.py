@@ -96,10 +96,10 @@ register(
     Kernels(
         name="cpu",
         supports=_cpu.supports,
-        stats=_cpu.cpu_stats,
-        normalize=_cpu.cpu_normalize,
-        backward_reduce=_cpu.cpu_backward_reduce,
-        backward_elemt=_cpu.cpu_backward_elemt,
+        stats=_cpu.stats,
+        normalize=_cpu.normalize,
+        backward_reduce=_cpu.backward_reduce,
+        backward_elemt=_cpu.backward_elemt,
     ),
 )
 
