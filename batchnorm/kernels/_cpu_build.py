@@ -129,14 +129,14 @@ def build(force: bool = False) -> tuple[Path | None, str]:
             return path, f"cached {path}"
         if failed.exists() and not force:
             # Remembered so that every new process does not retry a build that cannot work.
-            errors.append(f"{' '.join(flags)}: failed before, see {failed}")
+            errors.append(str(failed))
             continue
         t0 = time.perf_counter()
         try:
             _compile(compiler, flags, path)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
             detail = (getattr(e, "stderr", "") or str(e)).strip()
-            errors.append(f"{' '.join(flags)}: {detail.splitlines()[-1] if detail else type(e).__name__}")
+            errors.append(str(failed))
             try:
                 failed.parent.mkdir(parents=True, exist_ok=True)
                 failed.write_text(detail + "\n")
@@ -144,7 +144,8 @@ def build(force: bool = False) -> tuple[Path | None, str]:
                 pass
             continue
         return path, f"compiled {path} in {time.perf_counter() - t0:.1f} s"
-    return None, "compilation failed: " + "; ".join(errors)
+    return None, (f"compiling {SOURCE.name} with {compiler} failed (details in {', '.join(errors)}; "
+                  "`batchnorm build-kernels --force` retries)")
 
 
 def load() -> ctypes.CDLL | None:
@@ -180,3 +181,30 @@ def status() -> str:
     """A one-line description of the fast CPU kernels' state in this process."""
     load()
     return str(_state.get("message", ""))
+
+
+# --------------------------------------------------------------------------- `batchnorm build-kernels`
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--force", action="store_true", help="rebuild even if a cached library exists")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 if the library cannot be built (default: report and exit 0, "
+                        "the package then uses torch ops)")
+
+
+def run(args) -> int:
+    """Build (or find) the fast CPU kernels ahead of time and say where they are."""
+    path, message = build(force=args.force)
+    print(f"batchnorm fast CPU kernels: {message}")
+    if path is None:
+        print("batchnorm will use its torch-op kernels (same results, slower on CPU)")
+        return 1 if args.strict else 0
+    try:
+        import torch  # noqa: F401
+
+        _declare(ctypes.CDLL(str(path)))
+    except OSError as e:
+        print(f"but it does not load: {e}")
+        return 1 if args.strict else 0
+    return 0
