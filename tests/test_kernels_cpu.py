@@ -46,6 +46,8 @@ def _layout(name: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor,
         "cl-big": ((9, 19, 23, 17), 1, torch.channels_last),
         "2d": ((37, 11), 1, None),
         "2d-big": ((1031, 67), 1, None),
+        "2d-wide": ((517, 131), 1, None),  # C >= 128: the float32 eight-row blocks
+        "cl-wide": ((3, 160, 5, 7), 1, torch.channels_last),
         "ncl": ((3, 6, 13), 1, None),
         "ncdhw": ((2, 3, 3, 5, 7), 1, None),
         "cl3d": ((2, 3, 3, 5, 7), 1, torch.channels_last_3d),
@@ -66,7 +68,7 @@ def _layout(name: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor,
     return x, axis % x.ndim
 
 
-LAYOUTS = ["nchw", "nchw-big", "cl", "cl-big", "2d", "2d-big", "ncl", "ncdhw", "cl3d",
+LAYOUTS = ["nchw", "nchw-big", "cl", "cl-big", "2d", "2d-big", "2d-wide", "cl-wide", "ncl", "ncdhw", "cl3d",
            "nhwc-axis-1", "c1", "c1-2d"]
 
 
@@ -86,9 +88,12 @@ def test_primitives_match_reference_and_native(layout: str, dtype: torch.dtype):
     mean, var = FAST.stats(x, axis)
     assert mean.dtype == torch.float64 and var.dtype == acc and mean.shape == var.shape == (C,)
     mean_ref, var_ref = ref.moments(_np(x), axis)
-    # Exact to the rounding of the accumulation dtype (the reference sees the same rounded x).
-    np.testing.assert_allclose(mean.numpy(), mean_ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(var.double().numpy(), var_ref, rtol=2e-7 if acc == torch.float32 else 1e-11)
+    # The reference sees the same rounded x. float64 sums give the mean to ~1e-15; the float32
+    # eight-row blocks (channels-last, C >= 128) to ~1e-8 of the std.
+    mean_tol = 1e-12 if acc == torch.float64 or (C < 128) else 1e-7
+    np.testing.assert_allclose(mean.numpy(), mean_ref, rtol=0, atol=mean_tol * (1 + np.sqrt(var_ref).max()))
+    var_tol = 1e-11 if acc == torch.float64 else (2e-7 if C < 128 else 1e-6)
+    np.testing.assert_allclose(var.double().numpy(), var_ref, rtol=var_tol)
 
     g = torch.Generator().manual_seed(1)
     scale = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(acc)
@@ -121,7 +126,7 @@ def test_primitives_match_reference_and_native(layout: str, dtype: torch.dtype):
     np.testing.assert_allclose(_np(dx), dx_ref, atol=4 * ATOL[dtype], rtol=0)
 
 
-@pytest.mark.parametrize("layout", ["nchw-big", "cl-big", "2d-big", "c1"])
+@pytest.mark.parametrize("layout", ["nchw-big", "cl-big", "2d-big", "2d-wide", "c1"])
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_matches_reference_and_torch(layout: str, training: bool):
     """The whole op, forward and backward, on the fast path."""
@@ -162,7 +167,7 @@ def test_large_mean_small_std_keeps_its_digits():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", ["nchw-big", "cl-big", "2d-big"])
+@pytest.mark.parametrize("layout", ["nchw-big", "cl-big", "2d-big", "2d-wide"])
 def test_constant_channel_gives_exactly_beta(layout: str, dtype: torch.dtype):
     x, axis = _layout(layout, dtype)
     x = x.clone()
