@@ -38,13 +38,18 @@ def geometry(x: Tensor, axis: int) -> tuple[int, int, int] | None:
     return None
 
 
-@torch.compiler.assume_constant_result
 def available() -> bool:
-    """Whether the compiled library is loaded (building it on the first call).
+    """Whether the compiled library is loaded (building it on the first eager call).
 
-    ``torch.compile`` runs this once while tracing and keeps the answer as a constant
-    (the build takes a lock that Dynamo cannot trace).
+    Under ``torch.compile`` only the outcome of an earlier eager call is read (building
+    takes a lock, which Dynamo cannot trace): a model compiled before any eager batch norm
+    in the process traces the native kernels.
     """
+    state = _cpu_build._state
+    if "lib" in state:
+        return state["lib"] is not None
+    if torch.compiler.is_compiling():
+        return False
     return _cpu_build.load() is not None
 
 
