@@ -80,7 +80,8 @@ def _np(t: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_primitives_match_reference_and_native(layout: str, dtype: torch.dtype):
     x, axis = _layout(layout, dtype)
-    assert kernels.get(x, axis).name == "cpu"
+    # float16 is declined by default (slower than torch's half kernels) but the ops take it.
+    assert kernels.get(x, axis).name == ("native" if dtype == torch.float16 else "cpu")
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     C = x.shape[axis]
     N = kernels.NATIVE
@@ -351,3 +352,23 @@ def test_disabled_by_environment_variable(tmp_path):
     env = {**os.environ, "BATCHNORM_CPU_KERNELS": "0", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "native"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_conversions_are_exact_and_round_to_nearest_even(dtype: torch.dtype):
+    """Every 16-bit pattern survives load -> float32 -> store, and float32 values (normal,
+    subnormal, overflowing, inf, nan) round as torch rounds them."""
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    x = bits.view(dtype).reshape(-1, 1)  # (65536, 1): rows of one channel
+    finite_nonzero = torch.isfinite(x.float()) & (x.float() != 0)
+    zero64, one, zero = torch.zeros(1, dtype=torch.float64), torch.ones(1), torch.zeros(1)
+    y = _cpu.cpu_normalize(x, 1, zero64, one, zero)
+    assert torch.equal(y.view(torch.int16)[finite_nonzero], x.view(torch.int16)[finite_nonzero])
+    assert torch.isnan(y.float()[torch.isnan(x.float())]).all()
+    g = torch.Generator().manual_seed(8)
+    f = torch.cat([torch.randn(5000, generator=g) * s for s in (1e-8, 1e-6, 1e-4, 1.0, 100.0, 6e4, 1e5)]
+                  + [torch.tensor([float("inf"), float("-inf"), 65504.0, 65519.99, 65520.0])])
+    C = f.numel()
+    out = _cpu.cpu_normalize(torch.zeros(1, C, dtype=dtype), 1, torch.zeros(C, dtype=torch.float64),
+                             torch.ones(C), f)  # y = 0 * 1 + f, stored in dtype
+    assert torch.equal(out.flatten().view(torch.int16), f.to(dtype).view(torch.int16))

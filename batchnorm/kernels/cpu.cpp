@@ -41,11 +41,37 @@ constexpr int64_t kSerialBelow = 1 << 15;
 struct bf16 {
   uint16_t bits;
 };
-typedef _Float16 f16;
+// IEEE half as raw bits: converted with integer/float bit tricks below, which vectorise
+// (GCC 12 emits a scalar libgcc call per _Float16 conversion).
+struct f16 {
+  uint16_t bits;
+};
+
+inline float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
 
 inline float to_acc(float v) { return v; }
 inline double to_acc(double v) { return v; }
-inline float to_acc(f16 v) { return static_cast<float>(v); }
+inline float to_acc(f16 v) {
+  // Exact: normals re-biased, subnormals as em * 2^-24, inf/nan keep an all-ones exponent.
+  const uint32_t h = v.bits, em = h & 0x7FFFu, sign = (h & 0x8000u) << 16;
+  // Selected with masks, not branches, so loops over it vectorise.
+  const uint32_t normal = (em << 13) + 0x38000000u;
+  const uint32_t sub = float_to_bits(static_cast<float>(static_cast<int32_t>(em)) * 5.9604644775390625e-8f);
+  const uint32_t special = (em << 13) | 0x7F800000u;
+  const uint32_t is_sub = 0u - static_cast<uint32_t>(em < 0x0400u);
+  const uint32_t is_special = 0u - static_cast<uint32_t>(em >= 0x7C00u);
+  const uint32_t r = (sub & is_sub) | (special & is_special) | (normal & ~(is_sub | is_special));
+  return bits_to_float(r | sign);
+}
 inline float to_acc(bf16 v) {
   uint32_t u = static_cast<uint32_t>(v.bits) << 16;
   float f;
@@ -55,7 +81,20 @@ inline float to_acc(bf16 v) {
 
 inline void from_acc(float v, float* out) { *out = v; }
 inline void from_acc(double v, double* out) { *out = v; }
-inline void from_acc(float v, f16* out) { *out = static_cast<f16>(v); }
+inline void from_acc(float v, f16* out) {
+  // Round to nearest even (F. Giesen's float_to_half_fast3_rtne), every branch computed.
+  uint32_t f = float_to_bits(v);
+  const uint32_t sign = f & 0x80000000u;
+  f ^= sign;
+  const uint32_t inf_nan = f > 0x7F800000u ? 0x7E00u : 0x7C00u;
+  const float denorm_magic = bits_to_float(((127u - 15u) + (23u - 10u) + 1u) << 23);
+  const uint32_t sub = float_to_bits(bits_to_float(f) + denorm_magic) - float_to_bits(denorm_magic);
+  const uint32_t norm = (f + (static_cast<uint32_t>(15 - 127) << 23) + 0xFFFu + ((f >> 13) & 1u)) >> 13;
+  const uint32_t is_big = 0u - static_cast<uint32_t>(f >= (143u << 23));
+  const uint32_t is_sub = 0u - static_cast<uint32_t>(f < (113u << 23));
+  const uint32_t o = (inf_nan & is_big) | (sub & is_sub) | (norm & ~(is_big | is_sub));
+  out->bits = static_cast<uint16_t>(o | (sign >> 16));
+}
 inline void from_acc(float v, bf16* out) {
   // Round to nearest even, as torch does; NaN stays a quiet NaN.
   uint32_t u;
@@ -96,7 +135,6 @@ typedef double vd8 __attribute__((vector_size(64)));
 typedef float vf8 __attribute__((vector_size(32)));
 typedef uint16_t vu16x8 __attribute__((vector_size(16)));
 typedef uint32_t vu32x8 __attribute__((vector_size(32)));
-typedef f16 vh8 __attribute__((vector_size(16)));
 
 inline vd8 load8(const double* p) {
   vd8 v;
@@ -117,9 +155,9 @@ inline vd8 load8(const bf16* p) {
   return __builtin_convertvector(f, vd8);
 }
 inline vd8 load8(const f16* p) {
-  vh8 h;
-  std::memcpy(&h, p, sizeof h);
-  return __builtin_convertvector(__builtin_convertvector(h, vf8), vd8);
+  vf8 f;
+  for (int j = 0; j < 8; ++j) f[j] = to_acc(p[j]);
+  return __builtin_convertvector(f, vd8);
 }
 inline double hsum(vd8 v) {
   double s = 0;
