@@ -7,9 +7,9 @@ and ``torch.export`` see them as opaque nodes with known output shapes; the core
 autograd Function calls them through :func:`batchnorm.kernels.get`.
 
 Chosen for CPU tensors of float32, float64 or bfloat16 (the ops also take float16, see
-``FAST_DTYPES``) that are contiguous (NCHW,
-NCL, NCDHW, (N, C)) or have the channel axis innermost and the rest dense (channels-last,
-channels-last-3d, Keras ``axis=-1``). Anything else, or a machine where the library cannot
+``FAST_DTYPES``) that are contiguous (NCHW, NCL, NCDHW, (N, C)) or have the channel axis
+innermost and the rest dense (channels-last, channels-last-3d, Keras ``axis=-1``). In plain
+eager mode the implementations are called directly (:func:`_entry`). Anything else, or a machine where the library cannot
 be built, gets the native torch-op kernels with the same results up to rounding.
 """
 
