@@ -372,3 +372,21 @@ def test_half_conversions_are_exact_and_round_to_nearest_even(dtype: torch.dtype
     out = _cpu.cpu_normalize(torch.zeros(1, C, dtype=dtype), 1, torch.zeros(C, dtype=torch.float64),
                              torch.ones(C), f)  # y = 0 * 1 + f, stored in dtype
     assert torch.equal(out.flatten().view(torch.int16), f.to(dtype).view(torch.int16))
+
+
+@pytest.mark.slow
+def test_bench_runs_and_writes_its_rows(tmp_path, capsys):
+    """`batchnorm bench` end to end on one small cell, re-executing itself with the tuned
+    allocator (timings are never asserted: the machine is shared)."""
+    from batchnorm import bench
+
+    out = tmp_path / "rows.json"
+    rc = bench.main(["--shapes", "8x32x112x112-cl", "--modes", "train,fwd+bwd", "--repeat", "2",
+                     "--warmup", "1", "--allocator", "tuned", "--no-cold-start", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["train", "fwd+bwd"]
+    assert all(r["kernel"] == "cpu" and r["ours_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
+    assert all(r["allocator"] == bench.TUNED_GLIBC for r in rows)
+    with pytest.raises(ValueError, match="unknown shapes"):
+        bench.main(["--shapes", "1x2x3", "--allocator", "inherit"])
