@@ -160,19 +160,21 @@ def load() -> ctypes.CDLL | None:
             return _state["lib"]  # type: ignore[return-value]
         lib = None
         if os.environ.get("BATCHNORM_CPU_KERNELS", "1").strip().lower() in ("0", "false", "off", "no"):
+            # Asked for: no log line.
             _state["message"] = "fast CPU kernels off (BATCHNORM_CPU_KERNELS=0)"
-        else:
-            import torch  # noqa: F401  (its libgomp must be loaded first so ours is the same one)
+            _state["lib"] = None
+            return None
+        import torch  # noqa: F401  (its libgomp must be loaded first so ours is the same one)
 
-            path, message = build()
-            _state["message"] = message
-            if path is not None:
-                try:
-                    lib = _declare(ctypes.CDLL(str(path)))
-                except (OSError, AttributeError) as e:
-                    _state["message"] = f"could not load {path}: {e}"
-            if lib is None:
-                log.warning("batchnorm: fast CPU kernels unavailable, using torch ops (%s)", _state["message"])
+        path, message = build()
+        _state["message"] = message
+        if path is not None:
+            try:
+                lib = _declare(ctypes.CDLL(str(path)))
+            except (OSError, AttributeError) as e:
+                _state["message"] = f"could not load {path}: {e}"
+        if lib is None:
+            log.warning("batchnorm: fast CPU kernels unavailable, using torch ops (%s)", _state["message"])
         _state["lib"] = lib
         return lib
 
