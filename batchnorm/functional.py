@@ -23,12 +23,13 @@ with ``momentum=None`` a cumulative average, ``running += (batch - running) / n`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from . import kernels
+from .kernels import _native
 from .kernels._native import acc_dtype, per_channel, reduce_dims
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "update_running_stats",
     "moments",
     "batch_normalization",
+    "inference_affine",
 ]
 
 
@@ -62,10 +64,13 @@ def _check_inputs(
     momentum: float | None,
     eps: float,
     axis: int,
+    check_count: bool = True,
 ) -> int:
     """Validate shapes, dtypes, devices and hyper-parameters; return the axis, non-negative.
 
     Only metadata is read: no value of any tensor, so no host synchronisation.
+    ``check_count=False`` leaves the one-value-per-channel check to the caller
+    (:func:`batch_norm` applies its ``small_batch`` policy there).
     """
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
@@ -121,14 +126,47 @@ def _check_inputs(
             )
         if not t.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype={t.dtype}")
-    if training and input.numel() > 0 and input.numel() // channels == 1:
-        raise ValueError(
-            f"batch_norm in training needs more than one value per channel, but the input of shape "
-            f"{tuple(input.shape)} has exactly 1 value per channel (axis {axis}): a batch of one "
-            "sample normalizes every feature to beta. Use a batch of at least 2, or call "
-            "model.eval() to normalize with the running statistics"
-        )
+    if check_count and training and input.numel() > 0 and input.numel() // channels == 1:
+        raise _one_value_error(input, axis)
     return axis
+
+
+def _one_value_error(input: Tensor, axis: int, valid: str = "") -> ValueError:
+    return ValueError(
+        f"batch_norm in training needs more than one value per channel, but the input of shape "
+        f"{tuple(input.shape)} has exactly 1{valid} value per channel (axis {axis}): a batch of one "
+        "sample normalizes every feature to beta. Use a batch of at least 2, call "
+        "model.eval() to normalize with the running statistics, or choose a small-batch policy "
+        "(small_batch='running' or 'skip', see docs/variants.md)"
+    )
+
+
+SMALL_BATCH_POLICIES = ("raise", "running", "skip")
+
+
+def _prepare_mask(mask: Tensor, input: Tensor, axis: int) -> Tensor:
+    """Check ``mask`` and view it with the shape of ``input`` but size 1 along ``axis``.
+
+    ``mask`` is boolean, True at valid positions, and broadcasts to the input's shape without
+    its channel axis (e.g. (N, L) for (N, C, L) input, or (N, L) for channels-last (N, L, C)).
+    """
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(
+            f"mask must be a torch.bool tensor (True = valid position), got "
+            f"{getattr(mask, 'dtype', type(mask).__name__)}; e.g. mask = lengths[:, None] > torch.arange(L)"
+        )
+    if mask.device != input.device:
+        raise ValueError(f"mask is on {mask.device} but the input is on {input.device}; move it with mask.to(x.device)")
+    without_channel = input.shape[:axis] + input.shape[axis + 1 :]
+    try:
+        mask = torch.broadcast_to(mask, without_channel)
+    except RuntimeError:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to the input's shape without its "
+            f"channel axis {axis}, {tuple(without_channel)}; give one flag per position (batch and "
+            "spatial axes), not per channel"
+        ) from None
+    return mask.unsqueeze(axis)
 
 
 # --------------------------------------------------------------------------- step 1: statistics
@@ -207,12 +245,36 @@ def update_running_stats(
             factor = 1.0 / num_batches_tracked.clamp(min=1).to(running_mean.dtype)
         else:
             factor = momentum
-        # (eq. 16) Bessel's correction; count >= 2 is guaranteed by the training check.
-        batch_var = var * (count / (count - 1)) if store_unbiased and count > 1 else var
-        new_mean = factor * mean.to(running_mean.dtype) + (1 - factor) * running_mean
-        new_var = factor * batch_var.to(running_var.dtype) + (1 - factor) * running_var
-        running_mean.copy_(torch.where(ok, new_mean, running_mean))
-        running_var.copy_(torch.where(ok, new_var, running_var))
+        new_mean, new_var = running_stats_step(
+            running_mean, running_var, mean, var, count, factor, store_unbiased=store_unbiased
+        )
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
+
+
+def running_stats_step(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    count: int,
+    factor: float | Tensor,
+    *,
+    store_unbiased: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """The pure form of :func:`update_running_stats`: new ``(running_mean, running_var)``.
+
+    ``new = (1 - factor) * running + factor * batch`` (eq. 13), the batch variance made
+    unbiased (eq. 16) if ``store_unbiased``; where the batch statistics are not all finite
+    the running ones are returned unchanged. No in-place operation, so it runs under
+    ``torch.func`` transforms.
+    """
+    ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
+    # (eq. 16) Bessel's correction; count >= 2 is guaranteed by the training check.
+    batch_var = var * (count / (count - 1)) if store_unbiased and count > 1 else var
+    new_mean = factor * mean.to(running_mean.dtype) + (1 - factor) * running_mean
+    new_var = factor * batch_var.to(running_var.dtype) + (1 - factor) * running_var
+    return torch.where(ok, new_mean, running_mean), torch.where(ok, new_var, running_var)
 
 
 # --------------------------------------------------------------------------- step 2: normalize (+ autograd)
@@ -227,13 +289,67 @@ def _scale_shift(
     return scale, shift
 
 
+def inference_affine(
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor]:
+    """The fixed per-channel affine map that BN is at inference (eq. 23), without autograd.
+
+    ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``, so that
+    ``BN(x) = x * scale + shift``. Used to fold BN into a neighbouring layer's weights; the
+    normalize step itself keeps the mean-first form ``(x - mean) * scale + beta`` (§9).
+
+    Args:
+        running_mean, running_var: the statistics, shape (C,).
+        weight, bias: gamma and beta, (C,) or None (1 and 0).
+        eps: added to the variance; 0 is accepted here (torch.nn allows it) as long as
+            every ``var + eps`` is positive.
+        dtype: the dtype of the computation and the result (float64 for folding).
+
+    Returns:
+        ``(scale, shift)``, each (C,) in ``dtype``.
+
+    Raises:
+        ValueError: ``var + eps <= 0`` or not finite in some channel (scale would be inf/NaN).
+    """
+    with torch.no_grad():
+        var = running_var.to(dtype) + eps
+        bad = ~(torch.isfinite(var) & (var > 0))
+        if bad.any():
+            raise ValueError(
+                f"var + eps must be finite and > 0 in every channel, got var + eps = "
+                f"{var[bad].tolist()} in channels {bad.nonzero().flatten().tolist()} (eps={eps}); "
+                "BN with eps=0 on a constant channel has no finite inference map: use eps > 0"
+            )
+        inv_std = torch.rsqrt(var)
+        scale, beta = _scale_shift(inv_std, weight, bias)
+        return scale, beta - running_mean.to(dtype) * scale  # (eq. 23)
+
+
 class _BatchNormTrain(torch.autograd.Function):
-    """Batch statistics forward (eq. 1-4) with the closed-form backward (eq. 9, 10, 12)."""
+    """Batch statistics forward (eq. 1-4) with the closed-form backward (eq. 9, 10, 12).
+
+    Two optional, general hooks serve the variants (docs/variants.md):
+
+    - ``mask`` (bool, shape of x with size 1 along ``axis``): the statistics run over the
+      valid positions only (``count`` of them per channel); every position is normalized.
+    - ``correction(mean, var) -> (r, d)``: per-channel factors, constants in the backward
+      (stop-gradient), that turn ``x_hat`` into ``x_hat * r + d`` (Batch Renormalization):
+      ``y = gamma * (x_hat * r + d) + beta``, i.e. the normalize step with
+      ``scale = gamma * inv_std * r`` and ``shift = beta + gamma * d``.
+    """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int):
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int,
+                mask: Tensor | None = None, correction=None, count: int | None = None):
         kern = kernels.get(x, axis)
-        count = x.numel() // x.shape[axis]
+        if count is None:
+            count = x.numel() // x.shape[axis] if mask is None else int(mask.sum())
+        r = d = None
         if count == 0:
             # An empty batch: nothing to normalize, no statistics to trust.
             mean = x.new_zeros(x.shape[axis], dtype=torch.float64)
@@ -241,43 +357,61 @@ class _BatchNormTrain(torch.autograd.Function):
             inv_std = torch.zeros_like(var)
             y = x.clone()
         else:
-            mean, var = kern.stats(x, axis)
+            if mask is None:
+                mean, var = kern.stats(x, axis)
+            else:
+                mean, var = _native.masked_stats(x, axis, mask, count)
             inv_std = torch.rsqrt(var + eps)
             scale, shift = _scale_shift(inv_std, weight, bias)
+            if correction is not None:
+                r, d = (t.to(inv_std.dtype) for t in correction(mean, var))
+                gamma = torch.ones_like(inv_std) if weight is None else weight.to(inv_std.dtype)
+                scale, shift = scale * r, shift + gamma * d
             y = kern.normalize(x, axis, mean, scale, shift)
-        ctx.save_for_backward(x, weight, mean, inv_std)
+        ctx.save_for_backward(x, weight, mean, inv_std, mask, r, d)
         ctx.axis, ctx.eps, ctx.count = axis, eps, count
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, dy: Tensor, _dmean: Tensor | None, _dvar: Tensor | None):
-        x, weight, mean, inv_std = ctx.saved_tensors
+        x, weight, mean, inv_std, mask, r, d = ctx.saved_tensors
         axis, m = ctx.axis, ctx.count
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if m == 0:
             zeros = lambda t: None if t is None else torch.zeros_like(t)  # noqa: E731
             return (dy.clone() if need_x else None, zeros(weight) if need_w else None,
-                    zeros(weight) if need_b else None, None, None)
+                    zeros(weight) if need_b else None, None, None, None, None, None)
         if torch.is_grad_enabled():
             # create_graph=True: recompute the statistics from x with differentiable ops so the
             # double backward sees how mean and inv_std depend on x.
             kern = kernels.NATIVE
-            mean, var = kern.stats(x, axis)
+            mean, var = kern.stats(x, axis) if mask is None else _native.masked_stats(x, axis, mask, m)
             inv_std = torch.rsqrt(var + ctx.eps)
         else:
             kern = kernels.get(x, axis)
+        # Sums over every position, masked ones included: their outputs depend on the
+        # statistics too. Only the statistics' own derivative is restricted to valid positions.
         sum_dy, sum_dy_xmu = kern.backward_reduce(dy, x, axis, mean)
         grad_x = grad_w = grad_b = None
         if need_w:
-            grad_w = (sum_dy_xmu * inv_std).to(weight.dtype)  # (eq. 9) sum(dy * x_hat)
+            grad_w = sum_dy_xmu * inv_std  # (eq. 9) sum(dy * x_hat)
+            if r is not None:
+                grad_w = grad_w * r + d * sum_dy  # sum(dy * (x_hat * r + d))
+            grad_w = grad_w.to(weight.dtype)
         if need_b:
             grad_b = sum_dy.to(weight.dtype if weight is not None else dy.dtype)  # (eq. 10)
         if need_x:
             k = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
+            if r is not None:
+                k = k * r  # d(x_hat * r)/dx with r constant: eq. 12 scaled by r
             # (eq. 12) dx = k * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
             grad_x = kern.backward_elemt(dy, x, axis, mean, k, sum_dy / m, sum_dy_xmu / m * inv_std * inv_std)
-        return grad_x, grad_w, grad_b, None, None
+            if mask is not None:
+                # A masked x enters no statistic: its gradient is the direct term k * dy alone.
+                zero = torch.zeros_like(k)
+                grad_x = torch.where(mask, grad_x, kern.backward_elemt(dy, x, axis, mean, k, zero, zero))
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 class _BatchNormEval(torch.autograd.Function):
@@ -327,6 +461,9 @@ def batch_norm(
     num_batches_tracked: Tensor | None = None,
     store_unbiased: bool = True,
     skipped_updates: Tensor | None = None,
+    mask: Tensor | None = None,
+    small_batch: str = "raise",
+    correction: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> Tensor:
     """Batch normalization with the semantics of :func:`torch.nn.functional.batch_norm`.
 
@@ -358,6 +495,19 @@ def batch_norm(
             batch variance in ``running_var``.
         skipped_updates: keyword-only scalar counter of updates skipped because the batch
             statistics were not finite (running statistics are never overwritten with NaN/inf).
+        mask: keyword-only bool tensor, True at valid positions, broadcastable to the input's
+            shape without the channel axis (e.g. (N, L) for (N, C, L)). In training the
+            statistics (and the running update, with m = the number of valid values) use the
+            valid positions only; every position is normalized, padded ones included. An
+            all-masked batch returns the input unchanged and updates nothing. Reads the
+            valid count on the host (one synchronisation).
+        small_batch: keyword-only policy for training with exactly one value per channel:
+            ``"raise"`` (ValueError), ``"running"`` (normalize with the running statistics,
+            update nothing) or ``"skip"`` (Algorithm 1 as written, so ``y = beta``, and skip
+            the running update, whose unbiased variance would divide by m - 1 = 0).
+        correction: keyword-only ``(mean, var) -> (r, d)``, per-channel factors that make
+            the training output ``gamma * (x_hat * r + d) + beta`` with r, d constants in the
+            backward (Batch Renormalization, :mod:`batchnorm.variants`).
 
     Shape:
         input (N, C, *) for ``axis=1``; output the same shape and dtype as input.
@@ -369,23 +519,44 @@ def batch_norm(
         TypeError: non-tensor or non-floating input or parameters.
         ValueError: rank < 2, axis out of range, a parameter with the wrong number of
             channels or on another device, eps <= 0, momentum outside [0, 1], one value per
-            channel in training, missing running statistics in evaluation.
+            channel in training (``small_batch="raise"``), missing running statistics in
+            evaluation, a mask that does not broadcast.
 
     Example:
         >>> x = torch.randn(8, 3, 4, 4)
         >>> rm, rv = torch.zeros(3), torch.ones(3)
         >>> y = batch_norm(x, rm, rv, training=True)
     """
-    axis = _check_inputs(input, running_mean, running_var, weight, bias, training, momentum, eps, axis)
+    axis = _check_inputs(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, axis, check_count=False
+    )
+    if small_batch not in SMALL_BATCH_POLICIES:
+        raise ValueError(f"small_batch must be one of {SMALL_BATCH_POLICIES}, got {small_batch!r}")
+    if mask is not None:
+        mask = _prepare_mask(mask, input, axis)
     if training:
-        y, mean, var = _BatchNormTrain.apply(input, weight, bias, eps, axis)
-        if running_mean is not None and input.numel() > 0:
+        count = input.numel() // max(input.shape[axis], 1) if mask is None else int(mask.sum())
+        if count == 1:
+            if small_batch == "raise":
+                raise _one_value_error(input, axis, "" if mask is None else " valid")
+            if small_batch == "running":
+                if running_mean is None:
+                    raise ValueError(
+                        "small_batch='running' needs running statistics to normalize a batch with one "
+                        "value per channel, but none were given (track_running_stats=False?); use "
+                        "small_batch='skip' or 'raise'"
+                    )
+                return _BatchNormEval.apply(input, weight, bias, running_mean, running_var, eps, axis)
+            # "skip": Algorithm 1 as written (var = 0, y = beta), no running update.
+            return _BatchNormTrain.apply(input, weight, bias, eps, axis, mask, correction, count)[0]
+        y, mean, var = _BatchNormTrain.apply(input, weight, bias, eps, axis, mask, correction, count)
+        if running_mean is not None and count > 0:
             update_running_stats(
                 running_mean,
                 running_var,
                 mean,
                 var,
-                input.numel() // input.shape[axis],
+                count,
                 momentum,
                 num_batches_tracked=num_batches_tracked,
                 store_unbiased=store_unbiased,

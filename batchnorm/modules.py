@@ -48,6 +48,10 @@ class BatchNorm(_BatchNorm):
         scale: keyword-only, learn gamma; defaults to ``affine`` (Keras's ``scale``).
         store_unbiased: keyword-only, store the unbiased (PyTorch) or biased (Keras/Flax)
             variance in ``running_var``.
+        small_batch: keyword-only, what a training call with one value per channel does:
+            ``"raise"`` (ValueError, as torch), ``"running"`` (normalize with the running
+            statistics, update nothing), ``"skip"`` (Algorithm 1 as written, ``y = beta``, no
+            update). An attribute: change it at any time.
 
     Shape:
         Input: any rank >= 2 with ``C`` entries along ``axis``. Output: same as input.
@@ -75,6 +79,7 @@ class BatchNorm(_BatchNorm):
         center: bool | None = None,
         scale: bool | None = None,
         store_unbiased: bool = True,
+        small_batch: str = "raise",
     ) -> None:
         if not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive int (the number of channels), got {num_features!r}")
@@ -90,6 +95,9 @@ class BatchNorm(_BatchNorm):
         super().__init__(num_features, eps, momentum, center or scale, track_running_stats, device, dtype)
         self.axis = axis
         self.store_unbiased = store_unbiased
+        if small_batch not in F.SMALL_BATCH_POLICIES:
+            raise ValueError(f"small_batch must be one of {F.SMALL_BATCH_POLICIES}, got {small_batch!r}")
+        self.small_batch = small_batch
         if self.affine and not scale:
             self.register_parameter("weight", None)
         if self.affine and not center:
@@ -112,13 +120,25 @@ class BatchNorm(_BatchNorm):
                 f"{type(self).__name__} expects an input of rank >= 2, got shape {tuple(input.shape)}"
             )
 
-    def forward(self, input: Tensor) -> Tensor:
+    # Statistics policy (batchnorm.freeze.set_stats_mode): None follows self.training as
+    # torch.nn does; "batch" / "running" / "frozen" fix the choice through model.train().
+    stats_mode: str | None = None
+
+    def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Normalize ``input``; ``mask`` (bool, True = valid) restricts the statistics."""
         self._check_input_dim(input)
         # As torch.nn: batch statistics in training, and in eval when there are no running
         # statistics; buffers are passed (and so updated) only when they are tracked.
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        pass_buffers = not self.training or self.track_running_stats
-        update = self.training and self.track_running_stats
+        no_stats = self.running_mean is None and self.running_var is None
+        if self.stats_mode is None:
+            use_batch_stats = self.training or no_stats
+            update = self.training and self.track_running_stats
+            if update and torch.is_grad_enabled() and self.affine:
+                _warn_if_params_frozen(self)
+        else:
+            use_batch_stats = self.stats_mode == "batch" or no_stats
+            update = self.stats_mode == "batch" and self.training and self.track_running_stats
+        pass_buffers = update or not use_batch_stats
         return F.batch_norm(
             input,
             self.running_mean if pass_buffers else None,
@@ -132,6 +152,8 @@ class BatchNorm(_BatchNorm):
             num_batches_tracked=self.num_batches_tracked if update else None,
             store_unbiased=self.store_unbiased,
             skipped_updates=self.skipped_updates if update else None,
+            mask=mask,
+            small_batch=getattr(self, "small_batch", "raise"),
         )
 
     def extra_repr(self) -> str:
@@ -142,7 +164,21 @@ class BatchNorm(_BatchNorm):
             s += f", center={self.bias is not None}, scale={self.weight is not None}"
         if not self.store_unbiased:
             s += ", store_unbiased=False"
+        if getattr(self, "small_batch", "raise") != "raise":
+            s += f", small_batch={self.small_batch!r}"
+        if self.stats_mode is not None:
+            s += f", stats_mode={self.stats_mode!r}"
         return s
+
+
+def _warn_if_params_frozen(bn: BatchNorm) -> None:
+    """Warn once per layer: gamma/beta frozen while the running statistics still move."""
+    params = [p for p in (bn.weight, bn.bias) if p is not None]
+    if params and not any(p.requires_grad for p in params) and not getattr(bn, "_warned_frozen", False):
+        from .freeze import warn_frozen_params_updating  # lazy: freeze imports this module
+
+        bn._warned_frozen = True
+        warn_frozen_params_updating(bn)
 
 
 class _FixedRank(BatchNorm):
@@ -160,8 +196,13 @@ class _FixedRank(BatchNorm):
         track_running_stats: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        small_batch: str = "raise",
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, axis=1)
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, axis=1,
+            small_batch=small_batch,
+        )
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() not in self._ranks:

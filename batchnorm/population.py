@@ -163,10 +163,45 @@ def _all_reduce_pooled(
     return out
 
 
+class _StopForward(Exception):
+    """Raised by a hook once the layer being measured has seen its input (mode="eval")."""
+
+
+def _finalize(
+    layers: list[tuple[str, _BatchNorm]],
+    accs: list[_Accumulator],
+    estimator: str,
+    process_group: Any,
+) -> None:
+    """Write the (all-reduced) statistics of ``accs`` into the layers' running buffers."""
+    missing = [name for (name, _), a in zip(layers, accs) if a.mean is None]
+    if missing:
+        raise ValueError(
+            f"no batch reached the BN layer(s) {missing}; check that forward runs them, "
+            "or remove them from the model"
+        )
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1:
+        merged = _all_reduce_pooled(accs, process_group)
+    else:
+        merged = [(a.count, a.mean, a.m2, a.paper) for a in accs]
+    with torch.no_grad():
+        for (_, m), (count, mean, m2, paper) in zip(layers, merged):
+            if estimator == "pooled":
+                unbiased = getattr(m, "store_unbiased", True)
+                var = m2 / (count - 1) if unbiased and count > 1 else m2 / count  # (eq. 21)
+            else:
+                var = paper / count  # (eq. 18), batches weighted by size
+            m.running_mean.copy_(mean.to(m.running_mean))
+            m.running_var.copy_(var.to(m.running_var))
+
+
 def recompute_statistics(
     model: nn.Module,
     batches: Iterable[Any],
     *,
+    mode: str = "train",
     num_batches: int | None = None,
     num_samples: int | None = None,
     estimator: str = "pooled",
@@ -181,36 +216,52 @@ def recompute_statistics(
     exact statistics of the concatenated data; ``M2 / N`` for a layer storing biased
     variances), or Algorithm 2's ``E_B[mu_B]`` and ``m/(m-1) E_B[s2_B]`` with
     ``estimator="paper"``. ``num_batches_tracked`` is left as it was. The model is modified
-    in place and returned; its training flags and the layers' momenta are restored, and the
-    temporary hooks removed, even if a batch fails.
+    in place and returned; its training flags, the layers' momenta and counters are
+    restored and the temporary hooks removed, even if a batch fails.
+
+    Two modes decide what each BN layer's input is while it is measured:
+
+    - ``mode="train"`` (Algorithm 2, one pass): earlier BN layers normalize with batch
+      statistics, as in training. The first BN layer's result does not depend on how the
+      data is batched; deeper layers' results do, a little, through the batch statistics
+      of the layers before them.
+    - ``mode="eval"`` (one pass per BN layer, each stopping at that layer): earlier BN layers
+      use their freshly recomputed statistics, so every layer gets the exact statistics of
+      the inputs it sees at inference, independent of the batching. Needs ``batches`` that
+      can be iterated several times (a list, a DataLoader).
 
     Args:
         model: any module containing BN layers (``torch.nn`` or ours).
         batches: iterable of input tensors, of (input, ...) tuples/lists, or of anything
             ``forward`` understands (e.g. a DataLoader).
+        mode: "train" or "eval", see above.
         num_batches: use at most this many batches.
         num_samples: use at most this many samples (the first axis of each input); the
-            last batch is cut to fit.
+            last batch is cut to fit (not with ``forward``).
         estimator: "pooled" (exact statistics of the data) or "paper" (Algorithm 2).
         forward: ``forward(model, batch)`` runs the model; default ``model(input)``.
         device: move inputs to this device; default the model's.
         progress: draw a progress bar on stderr.
         process_group: with torch.distributed initialized, the group to all-reduce over
-            (default: the world).
+            (default: the world). Every process must call this function.
 
     Returns:
         ``model``, with new running statistics.
 
     Raises:
-        ValueError: an unknown estimator, no BN layer with running statistics, no batch,
-            or a layer that no batch reached.
+        ValueError: an unknown estimator or mode, no BN layer with running statistics, no
+            batch, or a layer that no batch reached.
+        TypeError: a batch it cannot feed to the model, or a one-shot iterator with
+            ``mode="eval"``.
 
     Example:
-        >>> recompute_statistics(model, (x for x, _ in train_loader), num_batches=100)
+        >>> recompute_statistics(model, train_loader, num_batches=100)
         >>> model.eval()
     """
     if estimator not in ("pooled", "paper"):
         raise ValueError(f"estimator must be 'pooled' or 'paper', got {estimator!r}")
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' (Algorithm 2) or 'eval' (layer by layer), got {mode!r}")
     for name, value in (("num_batches", num_batches), ("num_samples", num_samples)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1 or None, got {value}")
@@ -220,83 +271,115 @@ def recompute_statistics(
             "recompute_statistics found no batch-norm layer with running statistics in the model "
             "(track_running_stats=False layers have none to recompute)"
         )
+    if mode == "eval" and iter(batches) is batches:
+        raise TypeError(
+            "mode='eval' makes one pass per BN layer, so batches must be re-iterable "
+            "(a list or a DataLoader), not a one-shot iterator or generator"
+        )
     device = torch.device(device) if device is not None else _model_device(model)
-    accs = {id(m): _Accumulator() for _, m in layers}
 
-    def hook(module: _BatchNorm, args: tuple[Any, ...]) -> None:
-        x = args[0]
-        axis = _layer_axis(module) % x.ndim
-        n = x.numel() // x.shape[axis] if x.numel() else 0
-        if n == 0:
-            return
-        mean, var = batch_stats(x.detach(), axis)
-        accs[id(module)].add(n, mean, var)
+    def run_pass(hooked: list[_BatchNorm], stop: bool, label: str) -> list[_Accumulator]:
+        accs = {id(m): _Accumulator() for m in hooked}
+
+        def hook(module: _BatchNorm, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            axis = _layer_axis(module) % x.ndim
+            n = x.numel() // x.shape[axis] if x.numel() else 0
+            if n > 0:
+                mean, var = batch_stats(x.detach(), axis)
+                accs[id(module)].add(n, mean, var)
+            if stop:
+                raise _StopForward
+
+        handles = [m.register_forward_pre_hook(hook) for m in hooked]
+        bar = _Progress(num_batches, progress, label)
+        seen_batches = seen_samples = 0
+        try:
+            with torch.no_grad():
+                for batch in batches:
+                    if num_batches is not None and seen_batches >= num_batches:
+                        break
+                    if num_samples is not None and seen_samples >= num_samples:
+                        break
+                    try:
+                        if forward is None:
+                            x = _first_input(batch)
+                            if num_samples is not None:
+                                x = x[: num_samples - seen_samples]
+                            seen_samples += x.shape[0]
+                            model(x.to(device) if device is not None else x)
+                        else:
+                            forward(model, batch)
+                    except _StopForward:
+                        pass
+                    seen_batches += 1
+                    bar.update(seen_batches)
+        finally:
+            bar.close()
+            for h in handles:
+                h.remove()
+        if seen_batches == 0:
+            raise ValueError("recompute_statistics got no batch: the iterable was empty")
+        return [accs[id(m)] for m in hooked]
 
     was_training = {id(m): m.training for m in model.modules()}
     momenta = {id(m): m.momentum for _, m in layers}
     counters = {
         id(m): m.num_batches_tracked.clone() for _, m in layers if m.num_batches_tracked is not None
     }
-    handles = []
-    bar = _Progress(num_batches, progress, "population statistics")
-    seen_batches = seen_samples = 0
     try:
         model.eval()
-        for _, m in layers:
-            # Batch statistics in the forward (Algorithm 2), buffers left as they are.
-            m.train()
-            m.momentum = 0.0
-            handles.append(m.register_forward_pre_hook(hook))
-        with torch.no_grad():
-            for batch in batches:
-                if num_batches is not None and seen_batches >= num_batches:
-                    break
-                if num_samples is not None and seen_samples >= num_samples:
-                    break
-                if forward is None:
-                    x = _first_input(batch)
-                    if num_samples is not None:
-                        x = x[: num_samples - seen_samples]
-                    seen_samples += x.shape[0]
-                    model(x.to(device) if device is not None else x)
-                else:
-                    forward(model, batch)
-                seen_batches += 1
-                bar.update(seen_batches)
+        if mode == "train":
+            for _, m in layers:
+                # Batch statistics in the forward (Algorithm 2), buffers left as they are.
+                m.train()
+                m.momentum = 0.0
+            accs = run_pass([m for _, m in layers], stop=False, label="population statistics")
+            _finalize(layers, accs, estimator, process_group)
+        else:
+            for i, (name, m) in enumerate(_execution_order(model, layers, batches, forward, device)):
+                label = f"population statistics {i + 1}/{len(layers)} ({name})"
+                accs = run_pass([m], stop=True, label=label)
+                _finalize([(name, m)], accs, estimator, process_group)
     finally:
-        bar.close()
-        for h in handles:
-            h.remove()
         for m in model.modules():
             m.training = was_training[id(m)]
         for _, m in layers:
             m.momentum = momenta[id(m)]
             if id(m) in counters:
                 m.num_batches_tracked.copy_(counters[id(m)])
-
-    if seen_batches == 0:
-        raise ValueError("recompute_statistics got no batch: the iterable was empty")
-    ordered = [accs[id(m)] for _, m in layers]
-    missing = [name for (name, _), a in zip(layers, ordered) if a.mean is None]
-    if missing:
-        raise ValueError(
-            f"no batch reached the BN layer(s) {missing}; check that forward runs them, "
-            "or remove them from the model"
-        )
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1:
-        merged = _all_reduce_pooled(ordered, process_group)
-    else:
-        merged = [(a.count, a.mean, a.m2, a.paper) for a in ordered]
-
-    with torch.no_grad():
-        for (_, m), (count, mean, m2, paper) in zip(layers, merged):
-            if estimator == "pooled":
-                unbiased = getattr(m, "store_unbiased", True)
-                var = m2 / (count - 1) if unbiased and count > 1 else m2 / count
-            else:
-                var = paper / count
-            m.running_mean.copy_(mean.to(m.running_mean))
-            m.running_var.copy_(var.to(m.running_var))
     return model
+
+
+def _execution_order(
+    model: nn.Module,
+    layers: list[tuple[str, _BatchNorm]],
+    batches: Iterable[Any],
+    forward: Callable[[nn.Module, Any], Any] | None,
+    device: torch.device | None,
+) -> list[tuple[str, _BatchNorm]]:
+    """The BN layers in the order one forward pass (of the first batch, in eval) runs them.
+
+    Layers the pass does not reach keep their registration order, after the others.
+    """
+    order: list[int] = []
+
+    def hook(module: _BatchNorm, args: tuple[Any, ...]) -> None:
+        if id(module) not in order:
+            order.append(id(module))
+
+    handles = [m.register_forward_pre_hook(hook) for _, m in layers]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                if forward is None:
+                    x = _first_input(batch)
+                    model(x.to(device) if device is not None else x)
+                else:
+                    forward(model, batch)
+                break
+    finally:
+        for h in handles:
+            h.remove()
+    rank = {key: i for i, key in enumerate(order)}
+    return sorted(layers, key=lambda nm: rank.get(id(nm[1]), len(order)))

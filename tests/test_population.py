@@ -75,3 +75,51 @@ def test_errors_and_restoration_on_failure():
     with pytest.raises(ValueError, match="4 entries.*3 channels|3 entries.*4 channels"):
         recompute_statistics(model, [torch.randn(4, 4)])
     assert not model.training and not model[0].training and model[0].momentum == 0.2
+
+
+def deep_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(4, 6, bias=False), BatchNorm(6), nn.Tanh(),
+        nn.Linear(6, 5, bias=False), nn.BatchNorm1d(5), nn.ReLU(),
+        nn.Linear(5, 3, bias=False), BatchNorm(3),
+    ).double()
+
+
+def test_eval_mode_gives_every_layer_its_inference_inputs_statistics_for_any_split():
+    g = torch.Generator().manual_seed(3)
+    data = torch.randn(90, 4, generator=g, dtype=torch.float64) * 2 + 1
+    results = []
+    for split in [(90,), (9,) * 10, (2, 40, 48)]:
+        model = deep_model()
+        recompute_statistics(model, list(torch.split(data, list(split))), mode="eval")
+        results.append([b.clone() for n, b in model.named_buffers() if "running" in n])
+        # Each layer's statistics are those of its inputs when the model runs in eval mode.
+        model.eval()
+        with torch.no_grad():
+            z = data
+            for layer in model:
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    torch.testing.assert_close(layer.running_mean, z.mean(0), atol=1e-12, rtol=1e-12)
+                    torch.testing.assert_close(layer.running_var, z.var(0), atol=1e-12, rtol=1e-12)
+                z = layer(z)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_train_mode_deeper_layers_depend_on_the_split_as_algorithm_2_does():
+    g = torch.Generator().manual_seed(3)
+    data = torch.randn(90, 4, generator=g, dtype=torch.float64)
+    a, b = deep_model(), deep_model()
+    recompute_statistics(a, torch.split(data, 90))
+    recompute_statistics(b, torch.split(data, 9))
+    torch.testing.assert_close(a[1].running_var, b[1].running_var, atol=1e-12, rtol=1e-12)
+    assert not torch.allclose(a[4].running_var, b[4].running_var, atol=1e-6)
+
+
+def test_eval_mode_needs_a_reiterable():
+    with pytest.raises(TypeError, match="re-iterable"):
+        recompute_statistics(deep_model(), iter([torch.randn(4, 4, dtype=torch.float64)]), mode="eval")
+    with pytest.raises(ValueError, match="mode must be"):
+        recompute_statistics(deep_model(), [torch.randn(4, 4)], mode="precise")

@@ -97,3 +97,20 @@ def backward_elemt(
     pc = lambda v: per_channel(v.to(acc), x.ndim, axis)  # noqa: E731
     dx = (dy.to(acc) - pc(mean_dy) - center(x, axis, mean) * pc(proj)) * pc(k)
     return dx.to(x.dtype)
+
+
+def masked_stats(x: torch.Tensor, axis: int, mask: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean (float64) and biased variance over the positions where ``mask`` is True.
+
+    ``mean = sum(mask * x) / count``, ``var = sum(mask * (x - mean)^2) / count`` (eq. 1-2 over
+    the valid positions only). Two passes: the sum of the mean is taken in float64 (a float32
+    sum would lose the digits a channel with |mean| >> std needs) and the squared deviations
+    use :func:`center`. ``mask`` is boolean and broadcasts to ``x`` with size 1 along ``axis``;
+    ``count`` is the number of valid values per channel (> 0). Differentiable in ``x``.
+    """
+    dims = reduce_dims(x.ndim, axis)
+    m64 = mask.to(torch.float64)
+    mean = (x.to(torch.float64) * m64).sum(dims) / count  # (C,) float64
+    acc = acc_dtype(x.dtype)
+    var = (center(x, axis, mean).square() * mask.to(acc)).sum(dims) / count  # (C,) biased
+    return mean, var
