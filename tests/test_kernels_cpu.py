@@ -147,7 +147,10 @@ def test_batch_norm_matches_reference_and_torch(layout: str, training: bool):
     torch.testing.assert_close(y, y_t, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(rm, rm_t), torch.testing.assert_close(rv, rv_t)
     for a, e in zip(grads, grads_t):
-        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+        # Per-channel gradient sums run over up to 4096 rows: torch's float32 reduction order
+        # (which depends on its thread count) moves them by ~1e-6 of their scale. The float64
+        # reference below is the tight oracle.
+        torch.testing.assert_close(a, e, atol=1e-4 * max(1.0, e.abs().max().item()), rtol=1e-4)
     if training:
         y_ref, cache = ref.batch_norm_forward(_np(x), _np(w), _np(b), EPS, axis=axis)
         np.testing.assert_allclose(_np(y), y_ref, atol=2e-5, rtol=0)
