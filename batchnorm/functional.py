@@ -244,7 +244,7 @@ def update_running_stats(
             "batches have been averaged; pass the module's num_batches_tracked buffer"
         )
     with torch.no_grad():
-        ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
+        ok = _all_finite(mean, var)
         if num_batches_tracked is not None:
             num_batches_tracked.add_(ok.to(num_batches_tracked.dtype))
         if skipped_updates is not None:
@@ -255,10 +255,19 @@ def update_running_stats(
         else:
             factor = momentum
         new_mean, new_var = running_stats_step(
-            running_mean, running_var, mean, var, count, factor, store_unbiased=store_unbiased
+            running_mean, running_var, mean, var, count, factor, store_unbiased=store_unbiased, ok=ok
         )
         running_mean.copy_(new_mean)
         running_var.copy_(new_var)
+
+
+def _all_finite(mean: Tensor, var: Tensor) -> Tensor:
+    """A 0-d bool tensor: every entry of ``mean`` and ``var`` is finite (no host sync).
+
+    One reduction each: a sum is finite exactly when every term is, barring an overflow that
+    float64 accumulation of batch statistics cannot reach.
+    """
+    return torch.isfinite(mean.sum(dtype=torch.float64) + var.sum(dtype=torch.float64))
 
 
 def running_stats_step(
@@ -270,15 +279,18 @@ def running_stats_step(
     factor: float | Tensor,
     *,
     store_unbiased: bool = True,
+    ok: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The pure form of :func:`update_running_stats`: new ``(running_mean, running_var)``.
 
     ``new = (1 - factor) * running + factor * batch`` (eq. 13), the batch variance made
     unbiased (eq. 16) if ``store_unbiased``; where the batch statistics are not all finite
-    the running ones are returned unchanged. No in-place operation, so it runs under
-    ``torch.func`` transforms.
+    the running ones are returned unchanged (``ok``, a 0-d bool tensor, is that test when the
+    caller has already made it). No in-place operation, so it runs under ``torch.func``
+    transforms.
     """
-    ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
+    if ok is None:
+        ok = _all_finite(mean, var)
     # (eq. 16) Bessel's correction; count >= 2 is guaranteed by the training check.
     batch_var = var * (count / (count - 1)) if store_unbiased and count > 1 else var
     new_mean = factor * mean.to(running_mean.dtype) + (1 - factor) * running_mean
