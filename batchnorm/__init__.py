@@ -9,8 +9,29 @@ from .act import BatchNormAct as BatchNormAct
 from .act import BatchNormAct1d as BatchNormAct1d
 from .act import BatchNormAct2d as BatchNormAct2d
 from .act import BatchNormAct3d as BatchNormAct3d
+from .convert import KerasBatchNorm as KerasBatchNorm
+from .convert import convert as convert
+from .convert import from_keras as from_keras
+from .convert import load_keras_weights as load_keras_weights
+from .convert import to_keras as to_keras
+from .distributed import SyncBatchNorm as SyncBatchNorm
+from .distributed import convert_sync_batchnorm as convert_sync_batchnorm
+from .distributed import revert_sync_batchnorm as revert_sync_batchnorm
 from .doctor import Finding as Finding
 from .doctor import diagnose as diagnose
+from .fold import FoldReport as FoldReport
+from .fold import fold as fold
+from .fold import fold_bn_layer as fold_bn_layer
+from .fold import fold_layer_bn as fold_layer_bn
+from .freeze import FrozenBatchNorm as FrozenBatchNorm
+from .freeze import FrozenBatchNorm1d as FrozenBatchNorm1d
+from .freeze import FrozenBatchNorm2d as FrozenBatchNorm2d
+from .freeze import FrozenBatchNorm3d as FrozenBatchNorm3d
+from .freeze import FrozenStatisticsWarning as FrozenStatisticsWarning
+from .freeze import check_frozen as check_frozen
+from .freeze import freeze as freeze
+from .freeze import set_stats_mode as set_stats_mode
+from .freeze import unfreeze as unfreeze
 from .functional import batch_norm as batch_norm
 from .functional import batch_normalization as batch_normalization
 from .functional import moments as moments
@@ -42,6 +63,27 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
+    "revert_sync_batchnorm",
+    "FrozenBatchNorm",
+    "FrozenBatchNorm1d",
+    "FrozenBatchNorm2d",
+    "FrozenBatchNorm3d",
+    "FrozenStatisticsWarning",
+    "check_frozen",
+    "freeze",
+    "set_stats_mode",
+    "unfreeze",
+    "KerasBatchNorm",
+    "convert",
+    "from_keras",
+    "load_keras_weights",
+    "to_keras",
+    "FoldReport",
+    "fold",
+    "fold_bn_layer",
+    "fold_layer_bn",
     "recompute_statistics",
     "func",
     "BatchNormAct",

@@ -264,6 +264,7 @@ def diagnose(
             and bn.track_running_stats
             and frozen
             and not any(p.requires_grad for p in frozen)
+            and getattr(bn, "stats_mode", None) in (None, "batch")  # "running"/"frozen": no update
         ):
             here.append(Finding("frozen-bn-updating", "warning", name,
                                 f"{name!r} has frozen gamma/beta (requires_grad=False) but is in training mode, so its "

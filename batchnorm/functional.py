@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from . import kernels
+from . import _sync, kernels
 from .kernels import _native
 from .kernels._native import acc_dtype, per_channel, reduce_dims
 
@@ -38,6 +38,7 @@ __all__ = [
     "update_running_stats",
     "moments",
     "batch_normalization",
+    "inference_affine",
 ]
 
 
@@ -140,6 +141,15 @@ def _one_value_error(input: Tensor, axis: int, valid: str = "") -> ValueError:
     )
 
 
+def _one_global_value_error(input: Tensor, axis: int) -> ValueError:
+    return ValueError(
+        f"synchronized batch_norm in training needs more than one value per channel over all "
+        f"processes together, but they hold exactly 1 (this process's input has shape "
+        f"{tuple(input.shape)}, channel axis {axis}). Use a global batch of at least 2, call "
+        "model.eval(), or choose a small-batch policy (small_batch='running' or 'skip')"
+    )
+
+
 SMALL_BATCH_POLICIES = ("raise", "running", "skip")
 
 
@@ -234,7 +244,7 @@ def update_running_stats(
             "batches have been averaged; pass the module's num_batches_tracked buffer"
         )
     with torch.no_grad():
-        ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
+        ok = _all_finite(mean, var)
         if num_batches_tracked is not None:
             num_batches_tracked.add_(ok.to(num_batches_tracked.dtype))
         if skipped_updates is not None:
@@ -245,10 +255,19 @@ def update_running_stats(
         else:
             factor = momentum
         new_mean, new_var = running_stats_step(
-            running_mean, running_var, mean, var, count, factor, store_unbiased=store_unbiased
+            running_mean, running_var, mean, var, count, factor, store_unbiased=store_unbiased, ok=ok
         )
         running_mean.copy_(new_mean)
         running_var.copy_(new_var)
+
+
+def _all_finite(mean: Tensor, var: Tensor) -> Tensor:
+    """A 0-d bool tensor: every entry of ``mean`` and ``var`` is finite (no host sync).
+
+    One reduction each: a sum is finite exactly when every term is, barring an overflow that
+    float64 accumulation of batch statistics cannot reach.
+    """
+    return torch.isfinite(mean.sum(dtype=torch.float64) + var.sum(dtype=torch.float64))
 
 
 def running_stats_step(
@@ -260,15 +279,18 @@ def running_stats_step(
     factor: float | Tensor,
     *,
     store_unbiased: bool = True,
+    ok: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The pure form of :func:`update_running_stats`: new ``(running_mean, running_var)``.
 
     ``new = (1 - factor) * running + factor * batch`` (eq. 13), the batch variance made
     unbiased (eq. 16) if ``store_unbiased``; where the batch statistics are not all finite
-    the running ones are returned unchanged. No in-place operation, so it runs under
-    ``torch.func`` transforms.
+    the running ones are returned unchanged (``ok``, a 0-d bool tensor, is that test when the
+    caller has already made it). No in-place operation, so it runs under ``torch.func``
+    transforms.
     """
-    ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
+    if ok is None:
+        ok = _all_finite(mean, var)
     # (eq. 16) Bessel's correction; count >= 2 is guaranteed by the training check.
     batch_var = var * (count / (count - 1)) if store_unbiased and count > 1 else var
     new_mean = factor * mean.to(running_mean.dtype) + (1 - factor) * running_mean
@@ -288,6 +310,47 @@ def _scale_shift(
     return scale, shift
 
 
+def inference_affine(
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor]:
+    """The fixed per-channel affine map that BN is at inference (eq. 23), without autograd.
+
+    ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale``, so that
+    ``BN(x) = x * scale + shift``. Used to fold BN into a neighbouring layer's weights; the
+    normalize step itself keeps the mean-first form ``(x - mean) * scale + beta`` (§9).
+
+    Args:
+        running_mean, running_var: the statistics, shape (C,).
+        weight, bias: gamma and beta, (C,) or None (1 and 0).
+        eps: added to the variance; 0 is accepted here (torch.nn allows it) as long as
+            every ``var + eps`` is positive.
+        dtype: the dtype of the computation and the result (float64 for folding).
+
+    Returns:
+        ``(scale, shift)``, each (C,) in ``dtype``.
+
+    Raises:
+        ValueError: ``var + eps <= 0`` or not finite in some channel (scale would be inf/NaN).
+    """
+    with torch.no_grad():
+        var = running_var.to(dtype) + eps
+        bad = ~(torch.isfinite(var) & (var > 0))
+        if bad.any():
+            raise ValueError(
+                f"var + eps must be finite and > 0 in every channel, got var + eps = "
+                f"{var[bad].tolist()} in channels {bad.nonzero().flatten().tolist()} (eps={eps}); "
+                "BN with eps=0 on a constant channel has no finite inference map: use eps > 0"
+            )
+        inv_std = torch.rsqrt(var)
+        scale, beta = _scale_shift(inv_std, weight, bias)
+        return scale, beta - running_mean.to(dtype) * scale  # (eq. 23)
+
+
 class _BatchNormTrain(torch.autograd.Function):
     """Batch statistics forward (eq. 1-4) with the closed-form backward (eq. 9, 10, 12).
 
@@ -299,15 +362,30 @@ class _BatchNormTrain(torch.autograd.Function):
       (stop-gradient), that turn ``x_hat`` into ``x_hat * r + d`` (Batch Renormalization):
       ``y = gamma * (x_hat * r + d) + beta``, i.e. the normalize step with
       ``scale = gamma * inv_std * r`` and ``shift = beta + gamma * d``.
+    - ``process_group``: the statistics are those of the union of every rank's batch (one
+      collective, ``_sync.all_gather_stats``) and the backward's two sums are summed over the
+      ranks (one collective, ``_sync.all_reduce_sums``); a rank may hold zero samples and
+      still joins both. The weight and bias gradients stay this rank's own share (sums over
+      its samples): summed over the ranks (DDP's gradient all-reduce) they are the gradients
+      of the concatenated batch. A fourth output then gives the global ``count`` (an int).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int,
-                mask: Tensor | None = None, correction=None, count: int | None = None):
+                mask: Tensor | None = None, correction=None, count: int | None = None,
+                process_group=None):
         kern = kernels.get(x, axis)
         if count is None:
             count = x.numel() // x.shape[axis] if mask is None else int(mask.sum())
         r = d = None
+        if process_group is not None:
+            # This rank's statistics (zeros if it holds no value), merged over the ranks.
+            if count > 0:
+                mean, var = kern.stats(x, axis) if mask is None else _native.masked_stats(x, axis, mask, count)
+            else:
+                mean = x.new_zeros(x.shape[axis], dtype=torch.float64)
+                var = x.new_zeros(x.shape[axis], dtype=acc_dtype(x.dtype))
+            mean, var, count = _sync.all_gather_stats(mean, var, count, process_group)
         if count == 0:
             # An empty batch: nothing to normalize, no statistics to trust.
             mean = x.new_zeros(x.shape[axis], dtype=torch.float64)
@@ -315,31 +393,39 @@ class _BatchNormTrain(torch.autograd.Function):
             inv_std = torch.zeros_like(var)
             y = x.clone()
         else:
-            if mask is None:
-                mean, var = kern.stats(x, axis)
-            else:
-                mean, var = _native.masked_stats(x, axis, mask, count)
+            if process_group is None:  # (synchronized: the global statistics, above)
+                if mask is None:
+                    mean, var = kern.stats(x, axis)
+                else:
+                    mean, var = _native.masked_stats(x, axis, mask, count)
             inv_std = torch.rsqrt(var + eps)
             scale, shift = _scale_shift(inv_std, weight, bias)
             if correction is not None:
                 r, d = (t.to(inv_std.dtype) for t in correction(mean, var))
                 gamma = torch.ones_like(inv_std) if weight is None else weight.to(inv_std.dtype)
                 scale, shift = scale * r, shift + gamma * d
-            y = kern.normalize(x, axis, mean, scale, shift)
+            # An empty rank of a synchronized batch has nothing to normalize.
+            y = kern.normalize(x, axis, mean, scale, shift) if x.numel() > 0 else x.clone()
         ctx.save_for_backward(x, weight, mean, inv_std, mask, r, d)
-        ctx.axis, ctx.eps, ctx.count = axis, eps, count
+        ctx.axis, ctx.eps, ctx.count, ctx.group = axis, eps, count, process_group
         ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        return (y, mean, var) if process_group is None else (y, mean, var, count)
 
     @staticmethod
-    def backward(ctx, dy: Tensor, _dmean: Tensor | None, _dvar: Tensor | None):
+    def backward(ctx, dy: Tensor, *_stats_grads):
         x, weight, mean, inv_std, mask, r, d = ctx.saved_tensors
-        axis, m = ctx.axis, ctx.count
+        axis, m, group = ctx.axis, ctx.count, ctx.group
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if m == 0:
             zeros = lambda t: None if t is None else torch.zeros_like(t)  # noqa: E731
             return (dy.clone() if need_x else None, zeros(weight) if need_w else None,
-                    zeros(weight) if need_b else None, None, None, None, None, None)
+                    zeros(weight) if need_b else None, None, None, None, None, None, None)
+        if torch.is_grad_enabled() and group is not None:
+            raise RuntimeError(
+                "double backward (create_graph=True) through synchronized batch norm is not "
+                "supported: the statistics' collectives are not differentiable. Use local batch "
+                "norm (no process group) for higher-order gradients"
+            )
         if torch.is_grad_enabled():
             # create_graph=True: recompute the statistics from x with differentiable ops so the
             # double backward sees how mean and inv_std depend on x.
@@ -350,7 +436,10 @@ class _BatchNormTrain(torch.autograd.Function):
             kern = kernels.get(x, axis)
         # Sums over every position, masked ones included: their outputs depend on the
         # statistics too. Only the statistics' own derivative is restricted to valid positions.
-        sum_dy, sum_dy_xmu = kern.backward_reduce(dy, x, axis, mean)
+        if x.numel() > 0:
+            sum_dy, sum_dy_xmu = kern.backward_reduce(dy, x, axis, mean)
+        else:  # an empty rank of a synchronized batch
+            sum_dy, sum_dy_xmu = torch.zeros_like(inv_std), torch.zeros_like(inv_std)
         grad_x = grad_w = grad_b = None
         if need_w:
             grad_w = sum_dy_xmu * inv_std  # (eq. 9) sum(dy * x_hat)
@@ -360,6 +449,11 @@ class _BatchNormTrain(torch.autograd.Function):
         if need_b:
             grad_b = sum_dy.to(weight.dtype if weight is not None else dy.dtype)  # (eq. 10)
         if need_x:
+            if group is not None:
+                # dx of this rank's samples depends on every rank's dy through the two sums.
+                sum_dy, sum_dy_xmu = _sync.all_reduce_sums(sum_dy, sum_dy_xmu, group)
+                if x.numel() == 0:
+                    return dy.clone(), grad_w, grad_b, None, None, None, None, None, None
             k = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
             if r is not None:
                 k = k * r  # d(x_hat * r)/dx with r constant: eq. 12 scaled by r
@@ -369,7 +463,7 @@ class _BatchNormTrain(torch.autograd.Function):
                 # A masked x enters no statistic: its gradient is the direct term k * dy alone.
                 zero = torch.zeros_like(k)
                 grad_x = torch.where(mask, grad_x, kern.backward_elemt(dy, x, axis, mean, k, zero, zero))
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
 class _BatchNormEval(torch.autograd.Function):
@@ -405,6 +499,17 @@ class _BatchNormEval(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
+def _small_batch_running(input, weight, bias, running_mean, running_var, eps: float, axis: int) -> Tensor:
+    """``small_batch="running"``: normalize a one-value batch with the running statistics."""
+    if running_mean is None:
+        raise ValueError(
+            "small_batch='running' needs running statistics to normalize a batch with one "
+            "value per channel, but none were given (track_running_stats=False?); use "
+            "small_batch='skip' or 'raise'"
+        )
+    return _BatchNormEval.apply(input, weight, bias, running_mean, running_var, eps, axis)
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -422,6 +527,7 @@ def batch_norm(
     mask: Tensor | None = None,
     small_batch: str = "raise",
     correction: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    process_group: object | None = None,
 ) -> Tensor:
     """Batch normalization with the semantics of :func:`torch.nn.functional.batch_norm`.
 
@@ -466,6 +572,12 @@ def batch_norm(
         correction: keyword-only ``(mean, var) -> (r, d)``, per-channel factors that make
             the training output ``gamma * (x_hat * r + d) + beta`` with r, d constants in the
             backward (Batch Renormalization, :mod:`batchnorm.variants`).
+        process_group: keyword-only ``torch.distributed`` group (e.g. ``dist.group.WORLD``) to
+            synchronize over in training, or None (local). Every rank of the group must call
+            with the same layer in the same order; the statistics are those of the union of
+            their batches (a rank may hold zero samples), the small-batch policy applies to
+            the global count, and the running statistics, updated with the global count, are
+            identical on every rank. See ``batchnorm._sync`` and docs/distributed.md.
 
     Shape:
         input (N, C, *) for ``axis=1``; output the same shape and dtype as input.
@@ -477,8 +589,8 @@ def batch_norm(
         TypeError: non-tensor or non-floating input or parameters.
         ValueError: rank < 2, axis out of range, a parameter with the wrong number of
             channels or on another device, eps <= 0, momentum outside [0, 1], one value per
-            channel in training (``small_batch="raise"``), missing running statistics in
-            evaluation, a mask that does not broadcast.
+            channel in training (``small_batch="raise"``; over all ranks when synchronized),
+            missing running statistics in evaluation, a mask that does not broadcast.
 
     Example:
         >>> x = torch.randn(8, 3, 4, 4)
@@ -494,20 +606,27 @@ def batch_norm(
         mask = _prepare_mask(mask, input, axis)
     if training:
         count = input.numel() // max(input.shape[axis], 1) if mask is None else int(mask.sum())
-        if count == 1:
+        if process_group is not None:
+            # The count that matters is the global one, known after the statistics' collective;
+            # every rank sees the same, so every rank takes the same branch (no hang).
+            y, mean, var, count = _BatchNormTrain.apply(
+                input, weight, bias, eps, axis, mask, correction, count, process_group
+            )
+            if count == 1:
+                if small_batch == "raise":
+                    raise _one_global_value_error(input, axis)
+                if small_batch == "running":
+                    return _small_batch_running(input, weight, bias, running_mean, running_var, eps, axis)
+                return y  # "skip"
+        elif count == 1:
             if small_batch == "raise":
                 raise _one_value_error(input, axis, "" if mask is None else " valid")
             if small_batch == "running":
-                if running_mean is None:
-                    raise ValueError(
-                        "small_batch='running' needs running statistics to normalize a batch with one "
-                        "value per channel, but none were given (track_running_stats=False?); use "
-                        "small_batch='skip' or 'raise'"
-                    )
-                return _BatchNormEval.apply(input, weight, bias, running_mean, running_var, eps, axis)
+                return _small_batch_running(input, weight, bias, running_mean, running_var, eps, axis)
             # "skip": Algorithm 1 as written (var = 0, y = beta), no running update.
             return _BatchNormTrain.apply(input, weight, bias, eps, axis, mask, correction, count)[0]
-        y, mean, var = _BatchNormTrain.apply(input, weight, bias, eps, axis, mask, correction, count)
+        else:
+            y, mean, var = _BatchNormTrain.apply(input, weight, bias, eps, axis, mask, correction, count)
         if running_mean is not None and count > 0:
             update_running_stats(
                 running_mean,

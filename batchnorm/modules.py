@@ -120,14 +120,25 @@ class BatchNorm(_BatchNorm):
                 f"{type(self).__name__} expects an input of rank >= 2, got shape {tuple(input.shape)}"
             )
 
+    # Statistics policy (batchnorm.freeze.set_stats_mode): None follows self.training as
+    # torch.nn does; "batch" / "running" / "frozen" fix the choice through model.train().
+    stats_mode: str | None = None
+
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """Normalize ``input``; ``mask`` (bool, True = valid) restricts the statistics."""
         self._check_input_dim(input)
         # As torch.nn: batch statistics in training, and in eval when there are no running
         # statistics; buffers are passed (and so updated) only when they are tracked.
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        pass_buffers = not self.training or self.track_running_stats
-        update = self.training and self.track_running_stats
+        no_stats = self.running_mean is None and self.running_var is None
+        if self.stats_mode is None:
+            use_batch_stats = self.training or no_stats
+            update = self.training and self.track_running_stats
+            if update and torch.is_grad_enabled() and self.affine:
+                _warn_if_params_frozen(self)
+        else:
+            use_batch_stats = self.stats_mode == "batch" or no_stats
+            update = self.stats_mode == "batch" and self.training and self.track_running_stats
+        pass_buffers = update or not use_batch_stats
         return F.batch_norm(
             input,
             self.running_mean if pass_buffers else None,
@@ -143,7 +154,16 @@ class BatchNorm(_BatchNorm):
             skipped_updates=self.skipped_updates if update else None,
             mask=mask,
             small_batch=getattr(self, "small_batch", "raise"),
+            # Synchronized statistics only in training, as torch.nn.SyncBatchNorm.
+            process_group=self._sync_group() if use_batch_stats and self.training else None,
         )
+
+    def _sync_group(self) -> object | None:
+        """The ``torch.distributed`` group to synchronize the statistics over, or None (local).
+
+        Local here; :class:`batchnorm.distributed.SyncBatchNorm` overrides it.
+        """
+        return None
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -155,7 +175,19 @@ class BatchNorm(_BatchNorm):
             s += ", store_unbiased=False"
         if getattr(self, "small_batch", "raise") != "raise":
             s += f", small_batch={self.small_batch!r}"
+        if self.stats_mode is not None:
+            s += f", stats_mode={self.stats_mode!r}"
         return s
+
+
+def _warn_if_params_frozen(bn: BatchNorm) -> None:
+    """Warn once per layer: gamma/beta frozen while the running statistics still move."""
+    params = [p for p in (bn.weight, bn.bias) if p is not None]
+    if params and not any(p.requires_grad for p in params) and not getattr(bn, "_warned_frozen", False):
+        from .freeze import warn_frozen_params_updating  # lazy: freeze imports this module
+
+        bn._warned_frozen = True
+        warn_frozen_params_updating(bn)
 
 
 class _FixedRank(BatchNorm):

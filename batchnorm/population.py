@@ -163,6 +163,13 @@ def _all_reduce_pooled(
     return out
 
 
+def _distributed(process_group: Any) -> bool:
+    """Whether the statistics are all-reduced: torch.distributed initialized, group of > 1."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1
+
+
 class _StopForward(Exception):
     """Raised by a hook once the layer being measured has seen its input (mode="eval")."""
 
@@ -174,18 +181,24 @@ def _finalize(
     process_group: Any,
 ) -> None:
     """Write the (all-reduced) statistics of ``accs`` into the layers' running buffers."""
-    missing = [name for (name, _), a in zip(layers, accs) if a.mean is None]
+    if _distributed(process_group):
+        # A process whose shard is empty (or reached no layer) still joins the all-reduce
+        # with count 0, and the check runs on the global counts, alike on every rank: no
+        # process is left waiting in a collective.
+        for (_, m), a in zip(layers, accs):
+            if a.mean is None:
+                zeros = m.running_mean.new_zeros(m.num_features, dtype=torch.float64)
+                a.count, a.mean, a.m2, a.paper = 0.0, zeros, zeros.clone(), zeros.clone()
+        merged = _all_reduce_pooled(accs, process_group)
+        missing = [name for (name, _), (count, *_) in zip(layers, merged) if count == 0]
+    else:
+        missing = [name for (name, _), a in zip(layers, accs) if a.mean is None]
+        merged = [(a.count, a.mean, a.m2, a.paper) for a in accs]
     if missing:
         raise ValueError(
             f"no batch reached the BN layer(s) {missing}; check that forward runs them, "
             "or remove them from the model"
         )
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1:
-        merged = _all_reduce_pooled(accs, process_group)
-    else:
-        merged = [(a.count, a.mean, a.m2, a.paper) for a in accs]
     with torch.no_grad():
         for (_, m), (count, mean, m2, paper) in zip(layers, merged):
             if estimator == "pooled":
@@ -318,7 +331,7 @@ def recompute_statistics(
             bar.close()
             for h in handles:
                 h.remove()
-        if seen_batches == 0:
+        if seen_batches == 0 and not _distributed(process_group):
             raise ValueError("recompute_statistics got no batch: the iterable was empty")
         return [accs[id(m)] for m in hooked]
 

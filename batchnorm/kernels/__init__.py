@@ -86,4 +86,21 @@ def get(x: torch.Tensor, axis: int) -> Kernels:
     return NATIVE
 
 
+# The fast CPU set (cpu.cpp as torch.library custom ops). Importing it defines the ops only;
+# the library is built or loaded on the first supports() call, and where that is impossible
+# supports() is False and NATIVE runs.
+from . import _cpu  # noqa: E402
+
+register(
+    "cpu",
+    Kernels(
+        name="cpu",
+        supports=_cpu.supports,
+        stats=_cpu.stats,
+        normalize=_cpu.normalize,
+        backward_reduce=_cpu.backward_reduce,
+        backward_elemt=_cpu.backward_elemt,
+    ),
+)
+
 __all__ = ["Kernels", "NATIVE", "register", "set_enabled", "get"]

@@ -1,0 +1,219 @@
+"""The fast CPU kernel set: ``cpu.cpp`` behind four ``torch.library`` custom ops.
+
+Each primitive of :mod:`batchnorm.kernels` is one custom op (``batchnorm::cpu_stats``,
+``batchnorm::cpu_normalize``, ``batchnorm::cpu_backward_reduce``,
+``batchnorm::cpu_backward_elemt``) with a fake (meta) implementation, so ``torch.compile``
+and ``torch.export`` see them as opaque nodes with known output shapes; the core's
+autograd Function calls them through :func:`batchnorm.kernels.get`.
+
+Chosen for CPU tensors of float32, float64 or bfloat16 (the ops also take float16, see
+``FAST_DTYPES``) that are contiguous (NCHW, NCL, NCDHW, (N, C)) or have the channel axis
+innermost and the rest dense (channels-last, channels-last-3d, Keras ``axis=-1``). In plain
+eager mode the implementations are called directly (:func:`_entry`). Anything else, or a machine where the library cannot
+be built, gets the native torch-op kernels with the same results up to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import _cpu_build, _native
+
+_DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+# float16 runs correctly in cpu.cpp (the ops take it) but its bit-exact software conversions
+# measured 2-3x slower than torch's own half kernels here, so the set declines it by default.
+FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def geometry(x: Tensor, axis: int) -> tuple[int, int, int] | None:
+    """``(outer, C, inner)`` of a layout the kernels read, or None.
+
+    ``inner > 1``: channel-major runs (contiguous NC*); ``inner == 1``: rows of C channels
+    (channels-last or 2-D). ``axis`` is non-negative.
+    """
+    C = x.shape[axis]
+    if x.is_contiguous():
+        return math.prod(x.shape[:axis]), C, math.prod(x.shape[axis + 1 :])
+    if x.stride(axis) == 1 and x.movedim(axis, -1).is_contiguous():
+        return x.numel() // C, C, 1
+    return None
+
+
+def available() -> bool:
+    """Whether the compiled library is loaded (building it on the first eager call).
+
+    Under ``torch.compile`` only the outcome of an earlier eager call is read (building
+    takes a lock, which Dynamo cannot trace): a model compiled before any eager batch norm
+    in the process traces the native kernels.
+    """
+    state = _cpu_build._state
+    if "lib" in state:
+        return state["lib"] is not None
+    if torch.compiler.is_compiling():
+        return False
+    return _cpu_build.load() is not None
+
+
+def supports(x: Tensor, axis: int) -> bool:
+    """True for a non-empty CPU tensor of a supported dtype and layout, once the library loads."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in FAST_DTYPES
+        and x.numel() > 0
+        and geometry(x, axis) is not None
+        and available()
+    )
+
+
+def _acc_vec(v: Tensor, acc: torch.dtype) -> Tensor:
+    return v.to(acc).contiguous()
+
+
+def _like(t: Tensor, x: Tensor) -> Tensor:
+    """``t`` in ``x``'s dtype and memory layout (the kernels index both with x's geometry)."""
+    if t.dtype == x.dtype and t.stride() == x.stride():
+        return t
+    return torch.empty_like(x).copy_(t)
+
+
+# --------------------------------------------------------------------------- custom ops
+
+
+def _stats_impl(x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+    """Per-channel mean (float64) and biased variance (accumulation dtype); see cpu.cpp."""
+    geo = geometry(x, axis)
+    lib = _cpu_build.load()
+    if geo is None or lib is None or x.dtype not in _DTYPE_CODE:
+        mean, var = _native.stats(x, axis)
+        return mean.clone(), var.clone()
+    C = geo[1]
+    mean = torch.empty(C, dtype=torch.float64)
+    var = torch.empty(C, dtype=torch.float64)
+    rc = lib.bn_stats(_DTYPE_CODE[x.dtype], x.data_ptr(), *geo, mean.data_ptr(), var.data_ptr(),
+                      torch.get_num_threads())
+    assert rc == 0, rc
+    return mean, var.to(_native.acc_dtype(x.dtype))
+
+
+def _stats_fake(x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+    C = x.shape[axis]
+    return x.new_empty(C, dtype=torch.float64), x.new_empty(C, dtype=_native.acc_dtype(x.dtype))
+
+
+def _normalize_impl(x: Tensor, axis: int, mean: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``y = ((x - hi) - lo) * scale + shift`` per channel, in x's dtype and layout."""
+    geo = geometry(x, axis)
+    lib = _cpu_build.load()
+    if geo is None or lib is None or x.dtype not in _DTYPE_CODE:
+        return _native.normalize(x, axis, mean, scale, shift)
+    acc = _native.acc_dtype(x.dtype)
+    mean = _acc_vec(mean, torch.float64)
+    scale, shift = _acc_vec(scale, acc), _acc_vec(shift, acc)
+    y = torch.empty_like(x)
+    rc = lib.bn_normalize(_DTYPE_CODE[x.dtype], x.data_ptr(), y.data_ptr(), *geo, mean.data_ptr(),
+                          scale.data_ptr(), shift.data_ptr(), torch.get_num_threads())
+    assert rc == 0, rc
+    return y
+
+
+def _normalize_fake(x: Tensor, axis: int, mean: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _backward_reduce_impl(dy: Tensor, x: Tensor, axis: int, mean: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum(dy)`` and ``sum(dy * (x - mean))`` per channel, accumulated in float64."""
+    geo = geometry(x, axis)
+    lib = _cpu_build.load()
+    if geo is None or lib is None or x.dtype not in _DTYPE_CODE:
+        s1, s2 = _native.backward_reduce(dy, x, axis, mean)
+        return s1.clone(), s2.clone()
+    acc = _native.acc_dtype(x.dtype)
+    dy = _like(dy, x)
+    mean = _acc_vec(mean, torch.float64)
+    C = geo[1]
+    sum_dy = torch.empty(C, dtype=torch.float64)
+    sum_dy_xmu = torch.empty(C, dtype=torch.float64)
+    rc = lib.bn_backward_reduce(_DTYPE_CODE[x.dtype], dy.data_ptr(), x.data_ptr(), *geo,
+                                mean.data_ptr(), sum_dy.data_ptr(), sum_dy_xmu.data_ptr(),
+                                torch.get_num_threads())
+    assert rc == 0, rc
+    return sum_dy.to(acc), sum_dy_xmu.to(acc)
+
+
+def _backward_reduce_fake(dy: Tensor, x: Tensor, axis: int, mean: Tensor) -> tuple[Tensor, Tensor]:
+    C = x.shape[axis]
+    acc = _native.acc_dtype(x.dtype)
+    return x.new_empty(C, dtype=acc), x.new_empty(C, dtype=acc)
+
+
+def _backward_elemt_impl(
+    dy: Tensor, x: Tensor, axis: int, mean: Tensor, k: Tensor, mean_dy: Tensor, proj: Tensor
+) -> Tensor:
+    """``dx = k * (dy - mean_dy - ((x - hi) - lo) * proj)`` per channel, in x's dtype and layout."""
+    geo = geometry(x, axis)
+    lib = _cpu_build.load()
+    if geo is None or lib is None or x.dtype not in _DTYPE_CODE:
+        return _native.backward_elemt(dy, x, axis, mean, k, mean_dy, proj)
+    acc = _native.acc_dtype(x.dtype)
+    dy = _like(dy, x)
+    mean = _acc_vec(mean, torch.float64)
+    k, mean_dy, proj = _acc_vec(k, acc), _acc_vec(mean_dy, acc), _acc_vec(proj, acc)
+    dx = torch.empty_like(x)
+    rc = lib.bn_backward_elemt(_DTYPE_CODE[x.dtype], dy.data_ptr(), x.data_ptr(), dx.data_ptr(),
+                               *geo, mean.data_ptr(), k.data_ptr(), mean_dy.data_ptr(),
+                               proj.data_ptr(), torch.get_num_threads())
+    assert rc == 0, rc
+    return dx
+
+
+def _backward_elemt_fake(dy: Tensor, x: Tensor, axis: int, mean: Tensor, k: Tensor, mean_dy: Tensor, proj: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
+# --------------------------------------------------------------------------- the ops
+
+
+def _op(name: str, impl, fake):
+    op = torch.library.custom_op(f"batchnorm::{name}", mutates_args=(), device_types="cpu")(impl)
+    op.register_fake(fake)
+    return op
+
+
+cpu_stats = _op("cpu_stats", _stats_impl, _stats_fake)
+cpu_normalize = _op("cpu_normalize", _normalize_impl, _normalize_fake)
+cpu_backward_reduce = _op("cpu_backward_reduce", _backward_reduce_impl, _backward_reduce_fake)
+cpu_backward_elemt = _op("cpu_backward_elemt", _backward_elemt_impl, _backward_elemt_fake)
+
+
+def _plain_eager(x: Tensor) -> bool:
+    """True when nothing is tracing or transforming ``x``: no compile/export, no dispatch or
+    function mode, no functorch wrapper, a plain tensor (not Fake/Functional/a subclass)."""
+    return (
+        not torch.compiler.is_compiling()
+        and type(x) is Tensor
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+        and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    )
+
+
+def _entry(op, impl):
+    """The op for anything that traces; the same implementation called directly in plain eager
+    mode, which skips about 15 us of Python dispatch per primitive (the op's autograd and
+    dispatcher layers have nothing to do there: the core's autograd Function owns the gradient)."""
+
+    def call(*args):
+        return impl(*args) if _plain_eager(args[0]) else op(*args)
+
+    call.__name__ = call.__qualname__ = op._name.split("::")[-1]
+    call.__doc__ = impl.__doc__
+    return call
+
+
+stats = _entry(cpu_stats, _stats_impl)
+normalize = _entry(cpu_normalize, _normalize_impl)
+backward_reduce = _entry(cpu_backward_reduce, _backward_reduce_impl)
+backward_elemt = _entry(cpu_backward_elemt, _backward_elemt_impl)

@@ -1,0 +1,395 @@
+"""The fast CPU kernels (batchnorm/kernels/cpu.cpp) against the float64 reference, the native
+torch-op kernels and torch.nn; their fallback; their custom ops under opcheck, torch.compile
+and torch.export; and a build in a fresh cache."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import batchnorm
+import batchnorm.functional as F
+from batchnorm import kernels
+from batchnorm import reference as ref
+from batchnorm.kernels import _cpu, _cpu_build
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = kernels.get(torch.ones(2, 2), 1)
+pytestmark = pytest.mark.skipif(
+    FAST.name != "cpu", reason=f"fast CPU kernels unavailable: {_cpu_build.status()}"
+)
+EPS = 1e-5
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# Output tolerance against float64 math on the same (rounded) input, for |y| of a few units.
+ATOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 6e-2, torch.float16: 8e-3}
+
+
+def _layout(name: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """``(x, axis)`` in one of the layouts the kernels read, with per-channel offsets/scales.
+
+    Sizes are odd on purpose: N*H*W is not a multiple of the 16-lane blocks, and the
+    largest ones exceed the 32k-element threshold where a second thread joins.
+    """
+    shapes = {
+        "nchw": ((5, 3, 7, 9), 1, None),
+        "nchw-big": ((9, 4, 37, 29), 1, None),
+        "cl": ((5, 3, 7, 9), 1, torch.channels_last),
+        "cl-big": ((9, 19, 23, 17), 1, torch.channels_last),
+        "2d": ((37, 11), 1, None),
+        "2d-big": ((1031, 67), 1, None),
+        "2d-wide": ((517, 131), 1, None),  # C >= 128: the float32 eight-row blocks
+        "cl-wide": ((3, 160, 5, 7), 1, torch.channels_last),
+        "ncl": ((3, 6, 13), 1, None),
+        "ncdhw": ((2, 3, 3, 5, 7), 1, None),
+        "cl3d": ((2, 3, 3, 5, 7), 1, torch.channels_last_3d),
+        "nhwc-axis-1": ((4, 5, 7, 6), -1, None),
+        "c1": ((13, 1, 5, 7), 1, None),
+        "c1-2d": ((21, 1), 1, None),
+    }
+    shape, axis, fmt = shapes[name]
+    g = torch.Generator().manual_seed(seed)
+    c = shape[axis]
+    bshape = [1] * len(shape)
+    bshape[axis] = c
+    off = (torch.randn(c, generator=g, dtype=torch.float64) * 3).reshape(bshape)
+    scl = (torch.rand(c, generator=g, dtype=torch.float64) * 2 + 0.5).reshape(bshape)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * scl + off).to(dtype)
+    if fmt is not None:
+        x = x.contiguous(memory_format=fmt)
+    return x, axis % x.ndim
+
+
+LAYOUTS = ["nchw", "nchw-big", "cl", "cl-big", "2d", "2d-big", "2d-wide", "cl-wide", "ncl", "ncdhw", "cl3d",
+           "nhwc-axis-1", "c1", "c1-2d"]
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_primitives_match_reference_and_native(layout: str, dtype: torch.dtype):
+    x, axis = _layout(layout, dtype)
+    # float16 is declined by default (slower than torch's half kernels) but the ops take it.
+    assert kernels.get(x, axis).name == ("native" if dtype == torch.float16 else "cpu")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    C = x.shape[axis]
+    N = kernels.NATIVE
+
+    mean, var = FAST.stats(x, axis)
+    assert mean.dtype == torch.float64 and var.dtype == acc and mean.shape == var.shape == (C,)
+    mean_ref, var_ref = ref.moments(_np(x), axis)
+    # The reference sees the same rounded x. float64 sums give the mean to ~1e-15; the float32
+    # eight-row blocks (channels-last, C >= 128) to ~1e-8 of the std.
+    mean_tol = 1e-12 if acc == torch.float64 or (C < 128) else 1e-7
+    np.testing.assert_allclose(mean.numpy(), mean_ref, rtol=0, atol=mean_tol * (1 + np.sqrt(var_ref).max()))
+    var_tol = 1e-11 if acc == torch.float64 else (2e-7 if C < 128 else 1e-6)
+    np.testing.assert_allclose(var.double().numpy(), var_ref, rtol=var_tol)
+
+    g = torch.Generator().manual_seed(1)
+    scale = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(acc)
+    shift = torch.randn(C, generator=g, dtype=torch.float64).to(acc)
+    y = FAST.normalize(x, axis, mean, scale, shift)
+    assert y.dtype == x.dtype and y.shape == x.shape and y.stride() == x.stride()
+    bc = [1] * x.ndim
+    bc[axis] = C
+    y_ref = (_np(x) - mean_ref.reshape(bc)) * _np(scale).reshape(bc) + _np(shift).reshape(bc)
+    np.testing.assert_allclose(_np(y), y_ref, atol=ATOL[dtype], rtol=0)
+    np.testing.assert_allclose(_np(y), _np(N.normalize(x, axis, mean, scale, shift)), atol=ATOL[dtype], rtol=0)
+
+    dy = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
+    s_dy, s_dyx = FAST.backward_reduce(dy, x, axis, mean)
+    assert s_dy.dtype == s_dyx.dtype == acc
+    dims = tuple(d for d in range(x.ndim) if d != axis)
+    s_dy_ref = _np(dy).sum(dims)
+    s_dyx_ref = (_np(dy) * (_np(x) - mean_ref.reshape(bc))).sum(dims)
+    scale_ref = np.abs(_np(dy)).sum(dims) * (1 + np.abs(_np(x) - mean_ref.reshape(bc)).max())
+    tol = 1e-6 if acc == torch.float32 else 1e-13
+    assert np.all(np.abs(s_dy.double().numpy() - s_dy_ref) <= tol * scale_ref)
+    assert np.all(np.abs(s_dyx.double().numpy() - s_dyx_ref) <= tol * scale_ref)
+
+    k, mean_dy, proj = (torch.randn(C, generator=g, dtype=torch.float64).to(acc) for _ in range(3))
+    dx = FAST.backward_elemt(dy, x, axis, mean, k, mean_dy, proj)
+    assert dx.dtype == x.dtype and dx.stride() == x.stride()
+    dx_ref = _np(k).reshape(bc) * (
+        _np(dy) - _np(mean_dy).reshape(bc) - (_np(x) - mean_ref.reshape(bc)) * _np(proj).reshape(bc)
+    )
+    np.testing.assert_allclose(_np(dx), dx_ref, atol=4 * ATOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["nchw-big", "cl-big", "2d-big", "2d-wide", "c1"])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_matches_reference_and_torch(layout: str, training: bool):
+    """The whole op, forward and backward, on the fast path."""
+    x, axis = _layout(layout, torch.float32)
+    x.requires_grad_(True)
+    C = x.shape[axis]
+    g = torch.Generator().manual_seed(2)
+    w = (torch.rand(C, generator=g) + 0.5).requires_grad_(True)
+    b = torch.randn(C, generator=g).requires_grad_(True)
+    rm, rv = torch.randn(C, generator=g), torch.rand(C, generator=g) + 0.5
+    rm_t, rv_t = rm.clone(), rv.clone()
+    y = F.batch_norm(x, rm, rv, w, b, training, 0.1, EPS)
+    dy = torch.randn(x.shape, generator=g)
+    grads = torch.autograd.grad(y, (x, w, b), dy)
+    y_t = torch.nn.functional.batch_norm(x, rm_t, rv_t, w, b, training, 0.1, EPS)
+    grads_t = torch.autograd.grad(y_t, (x, w, b), dy)
+    torch.testing.assert_close(y, y_t, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(rm, rm_t), torch.testing.assert_close(rv, rv_t)
+    for a, e in zip(grads, grads_t):
+        # Per-channel gradient sums run over up to 4096 rows: torch's float32 reduction order
+        # (which depends on its thread count) moves them by ~1e-6 of their scale. The float64
+        # reference below is the tight oracle.
+        torch.testing.assert_close(a, e, atol=1e-4 * max(1.0, e.abs().max().item()), rtol=1e-4)
+    if training:
+        y_ref, cache = ref.batch_norm_forward(_np(x), _np(w), _np(b), EPS, axis=axis)
+        np.testing.assert_allclose(_np(y), y_ref, atol=2e-5, rtol=0)
+        for a, e in zip(grads, ref.batch_norm_backward(_np(dy), cache)):
+            np.testing.assert_allclose(_np(a), e, atol=2e-4, rtol=1e-4)
+
+
+def test_large_mean_small_std_keeps_its_digits():
+    """mean 1e4, std 1e-2 in float32: the float64 mean and (x - hi) - lo keep y exact."""
+    g = torch.Generator().manual_seed(3)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x64 = 1e4 + 1e-2 * torch.randn(16, 3, 9, 11, generator=g, dtype=torch.float64)
+        x = x64.float().contiguous(memory_format=fmt)
+        assert kernels.get(x, 1).name == "cpu"
+        y = F.batch_norm(x, None, None, training=True, eps=1e-12)
+        y_ref, _ = ref.batch_norm_forward(_np(x), None, None, 1e-12, axis=1)
+        assert np.abs(_np(y) - y_ref).max() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nchw-big", "cl-big", "2d-big", "2d-wide"])
+def test_constant_channel_gives_exactly_beta(layout: str, dtype: torch.dtype):
+    x, axis = _layout(layout, dtype)
+    x = x.clone()
+    x.select(axis, 0).fill_(1e4 if dtype != torch.float16 else 1e3)
+    C = x.shape[axis]
+    beta = torch.linspace(-1, 1, C)
+    y = F.batch_norm(x, None, None, torch.full((C,), 3.0), beta, training=True)
+    assert torch.equal(y.select(axis, 0), torch.full_like(y.select(axis, 0), beta[0].item()))
+    mean, var = FAST.stats(x, axis)
+    assert var[0].item() == 0.0 and mean[0].item() == x.select(axis, 0).flatten()[0].double().item()
+
+
+def test_fallback_for_layouts_and_types_the_kernels_do_not_read():
+    x, _ = _layout("nchw-big", torch.float32)
+    for odd in (x.transpose(2, 3), x[:, :, ::2], x.permute(0, 2, 1, 3)):  # not dense along C
+        assert kernels.get(odd, 1).name == "native"
+        torch.testing.assert_close(F.batch_norm(odd, None, None, training=True),
+                                   torch.nn.functional.batch_norm(odd, None, None, training=True),
+                                   atol=2e-5, rtol=1e-5)
+    assert kernels.get(torch.ones(0, 3), 1).name == "native"  # empty
+    # The op itself never fails on a layout its kernel cannot read: it computes natively.
+    mean, var = _cpu.cpu_stats(x.transpose(2, 3), 1)
+    m2, v2 = kernels.NATIVE.stats(x.transpose(2, 3), 1)
+    torch.testing.assert_close((mean, var), (m2, v2))
+    previous = kernels.set_enabled(False)
+    try:
+        assert kernels.get(x, 1).name == "native"
+    finally:
+        kernels.set_enabled(previous)
+
+
+def test_fallback_when_the_library_cannot_load(monkeypatch):
+    monkeypatch.setitem(_cpu_build._state, "lib", None)
+    x, _ = _layout("nchw", torch.float32)
+    assert kernels.get(x, 1).name == "native"
+    y = F.batch_norm(x, None, None, training=True)
+    torch.testing.assert_close(y, torch.nn.functional.batch_norm(x, None, None, training=True),
+                               atol=2e-5, rtol=1e-5)
+
+
+def test_grad_in_another_layout_than_the_input():
+    """dy contiguous while x is channels-last (and the reverse) still gives torch's gradient."""
+    x, _ = _layout("cl-big", torch.float32)
+    for xx in (x, x.contiguous()):
+        xg = xx.detach().requires_grad_(True)
+        dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+        dy = dy.contiguous() if xx.is_contiguous() is False else dy.contiguous(memory_format=torch.channels_last)
+        (gx,) = torch.autograd.grad(F.batch_norm(xg, None, None, training=True), xg, dy)
+        (gt,) = torch.autograd.grad(torch.nn.functional.batch_norm(xg, None, None, training=True), xg, dy)
+        torch.testing.assert_close(gx, gt, atol=1e-4, rtol=1e-4)
+
+
+def test_thread_count_does_not_change_results_beyond_rounding():
+    x, axis = _layout("nchw-big", torch.float32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        m1, v1 = FAST.stats(x, axis)
+        torch.set_num_threads(2)
+        m2, v2 = FAST.stats(x, axis)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(m1, m2, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(v1, v2, rtol=1e-6, atol=0)
+
+
+def test_gradcheck_and_double_backward_on_the_fast_path():
+    x, _ = _layout("ncl", torch.float64)
+    x.requires_grad_(True)
+    w = torch.rand(x.shape[1], dtype=torch.float64).add_(0.5).requires_grad_(True)
+    b = torch.randn(x.shape[1], dtype=torch.float64).requires_grad_(True)
+    f = lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+def _small_net(bn2d, bn1d) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), bn2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3), bn2d(16), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 5 * 5, 10), bn1d(10),
+    )
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_drop_in_model_matches_torch_nn(channels_last: bool):
+    ours = _small_net(batchnorm.BatchNorm2d, batchnorm.BatchNorm1d)
+    theirs = _small_net(torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(12, 3, 9, 9, generator=torch.Generator().manual_seed(5))
+    if channels_last:
+        ours, theirs = ours.to(memory_format=torch.channels_last), theirs.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    for _step in range(2):
+        yo, yt = ours(x), theirs(x)
+        torch.testing.assert_close(yo, yt, atol=1e-4, rtol=1e-4)
+        yo.square().sum().backward()
+        yt.square().sum().backward()
+        for (n, po), pt in zip(ours.named_parameters(), theirs.parameters()):
+            torch.testing.assert_close(po.grad, pt.grad, atol=1e-3, rtol=1e-3, msg=n)
+    sd_t = theirs.state_dict()
+    for n, v in ours.state_dict().items():
+        torch.testing.assert_close(v, sd_t[n], atol=1e-5, rtol=1e-5, msg=n)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=1e-4)
+
+
+def _op_samples():
+    x, _ = _layout("nchw-big", torch.float32)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    C = x.shape[1]
+    mean, _ = FAST.stats(x, 1)
+    v = torch.rand(C) + 0.5
+    yield _cpu.cpu_stats, (x, 1)
+    yield _cpu.cpu_stats, (x.transpose(2, 3), 1)  # the op's own native fallback
+    yield _cpu.cpu_normalize, (xc, 1, mean, v, v)
+    yield _cpu.cpu_normalize, (x.to(torch.bfloat16), 1, mean, v, v)
+    yield _cpu.cpu_backward_reduce, (torch.randn_like(x), xc, 1, mean)
+    yield _cpu.cpu_backward_elemt, (torch.randn_like(xc), xc, 1, mean, v, v, v)
+
+
+def test_custom_ops_pass_opcheck():
+    for op, args in _op_samples():
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+# Raised inside Dynamo's own handling of autograd.Function in this torch version, not by us.
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+def test_torch_compile_sees_the_ops_and_matches_eager():
+    """aot_eager runs Dynamo and AOTAutograd over the fake kernels without a C++ compile."""
+    model = _small_net(batchnorm.BatchNorm2d, batchnorm.BatchNorm1d)
+    compiled_model = copy.deepcopy(model)
+    x = torch.randn(12, 3, 9, 9, generator=torch.Generator().manual_seed(6))
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(compiled_model)(x)
+    assert explain.graph_break_count == 0
+    # The autograd Function's forward is a subgraph (a submodule) of the captured graph.
+    graph = "\n".join(m.code for g in explain.graphs for m in g.modules() if hasattr(m, "code"))
+    assert "batchnorm.cpu_stats" in graph and "batchnorm.cpu_normalize" in graph
+    compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=False)
+    y, y_e = compiled(x), model(x)
+    torch.testing.assert_close(y, y_e, atol=1e-5, rtol=1e-5)
+    y.sum().backward()
+    y_e.sum().backward()
+    for pc, pe in zip(compiled_model.parameters(), model.parameters()):
+        torch.testing.assert_close(pc.grad, pe.grad, atol=1e-4, rtol=1e-4)
+    torch._dynamo.reset()
+
+
+def test_torch_export_keeps_the_op():
+    model = _small_net(batchnorm.BatchNorm2d, batchnorm.BatchNorm1d).eval()
+    x = torch.randn(4, 3, 9, 9, generator=torch.Generator().manual_seed(7))
+    ep = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert "batchnorm.cpu_normalize.default" in targets
+    torch.testing.assert_close(ep.module()(x), model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX") or "c++") is None, reason="no C++ compiler")
+def test_fresh_build_and_cold_start_in_a_new_process(tmp_path):
+    """Compiles into an empty cache in a child process, then a second child only loads it."""
+    code = (
+        "import json, time, torch; t = time.perf_counter(); import batchnorm; "
+        "from batchnorm.kernels import get, _cpu_build; x = torch.randn(4, 3, 5, 5); "
+        "name = get(x, 1).name; print(json.dumps({'name': name, 's': time.perf_counter() - t, "
+        "'status': _cpu_build.status()}))"
+    )
+    env = {**os.environ, "BATCHNORM_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    run = lambda: json.loads(subprocess.run([sys.executable, "-c", code], env=env, check=True,  # noqa: E731
+                                            capture_output=True, text=True).stdout)
+    first, second = run(), run()
+    assert first["name"] == second["name"] == "cpu"
+    assert first["status"].startswith("compiled") and second["status"].startswith("cached")
+    assert list(tmp_path.glob("*/libbatchnorm_cpu.so"))
+
+
+def test_disabled_by_environment_variable(tmp_path):
+    code = "import torch, batchnorm; from batchnorm.kernels import get; print(get(torch.ones(3, 2), 1).name)"
+    env = {**os.environ, "BATCHNORM_CPU_KERNELS": "0", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "native"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_conversions_are_exact_and_round_to_nearest_even(dtype: torch.dtype):
+    """Every 16-bit pattern survives load -> float32 -> store, and float32 values (normal,
+    subnormal, overflowing, inf, nan) round as torch rounds them."""
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    x = bits.view(dtype).reshape(-1, 1)  # (65536, 1): rows of one channel
+    finite_nonzero = torch.isfinite(x.float()) & (x.float() != 0)
+    zero64, one, zero = torch.zeros(1, dtype=torch.float64), torch.ones(1), torch.zeros(1)
+    y = _cpu.cpu_normalize(x, 1, zero64, one, zero)
+    assert torch.equal(y.view(torch.int16)[finite_nonzero], x.view(torch.int16)[finite_nonzero])
+    assert torch.isnan(y.float()[torch.isnan(x.float())]).all()
+    g = torch.Generator().manual_seed(8)
+    f = torch.cat([torch.randn(5000, generator=g) * s for s in (1e-8, 1e-6, 1e-4, 1.0, 100.0, 6e4, 1e5)]
+                  + [torch.tensor([float("inf"), float("-inf"), 65504.0, 65519.99, 65520.0])])
+    C = f.numel()
+    out = _cpu.cpu_normalize(torch.zeros(1, C, dtype=dtype), 1, torch.zeros(C, dtype=torch.float64),
+                             torch.ones(C), f)  # y = 0 * 1 + f, stored in dtype
+    assert torch.equal(out.flatten().view(torch.int16), f.to(dtype).view(torch.int16))
+
+
+@pytest.mark.slow
+def test_bench_runs_and_writes_its_rows(tmp_path, capsys):
+    """`batchnorm bench` end to end on one small cell, re-executing itself with the tuned
+    allocator (timings are never asserted: the machine is shared)."""
+    from batchnorm import bench
+
+    out = tmp_path / "rows.json"
+    rc = bench.main(["--shapes", "8x32x112x112-cl", "--modes", "train,fwd+bwd", "--repeat", "2",
+                     "--warmup", "1", "--allocator", "tuned", "--no-cold-start", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["train", "fwd+bwd"]
+    assert all(r["kernel"] == "cpu" and r["ours_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
+    assert all(r["allocator"] == bench.TUNED_GLIBC for r in rows)
+    with pytest.raises(ValueError, match="unknown shapes"):
+        bench.main(["--shapes", "1x2x3", "--allocator", "inherit"])
