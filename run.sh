@@ -24,6 +24,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   echo "[setup] installing batchnorm[dev,experiments]" >&2
   "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev,experiments]"
+  # Compile the fast CPU kernels once (cached per machine); without a compiler the package
+  # falls back to torch ops, so this step never fails the set-up.
+  "$VENV/bin/batchnorm" build-kernels >&2 || echo "[setup] fast CPU kernels not built: torch-op fallback" >&2
   touch "$stamp"
 fi
 
