@@ -15,6 +15,7 @@ from .convert import from_keras as from_keras
 from .convert import load_keras_weights as load_keras_weights
 from .convert import to_keras as to_keras
 from .distributed import SyncBatchNorm as SyncBatchNorm
+from .distributed import SyncBatchRenorm as SyncBatchRenorm
 from .distributed import convert_sync_batchnorm as convert_sync_batchnorm
 from .distributed import revert_sync_batchnorm as revert_sync_batchnorm
 from .doctor import Finding as Finding
@@ -64,6 +65,7 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "SyncBatchNorm",
+    "SyncBatchRenorm",
     "convert_sync_batchnorm",
     "revert_sync_batchnorm",
     "FrozenBatchNorm",

@@ -26,8 +26,23 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._surgery import replace_modules
 from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .renorm import BatchRenorm
 
-__all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "revert_sync_batchnorm"]
+__all__ = ["SyncBatchNorm", "SyncBatchRenorm", "convert_sync_batchnorm", "revert_sync_batchnorm"]
+
+
+def _active_group(process_group: object | None) -> object | None:
+    """The group to synchronize over, or None (local) when there is nothing to sync with.
+
+    None when torch.distributed is not initialized or the group has one process, so a
+    synchronized layer then runs as a local one and never waits on a collective.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    group = process_group if process_group is not None else dist.group.WORLD
+    if dist.get_world_size(group) <= 1:
+        return None
+    return group
 
 
 class SyncBatchNorm(BatchNorm):
@@ -98,12 +113,28 @@ class SyncBatchNorm(BatchNorm):
         self.process_group = process_group
 
     def _sync_group(self) -> object | None:
-        if not (dist.is_available() and dist.is_initialized()):
-            return None
-        group = self.process_group if self.process_group is not None else dist.group.WORLD
-        if dist.get_world_size(group) <= 1:
-            return None
-        return group
+        return _active_group(self.process_group)
+
+
+class SyncBatchRenorm(BatchRenorm):
+    """Batch Renormalization (:class:`batchnorm.BatchRenorm`) with synchronized statistics.
+
+    In training the batch statistics, and so r and d, are those of the global batch over
+    ``process_group`` (the same collectives as :class:`SyncBatchNorm`); every rank applies the
+    same correction and keeps the same running statistics. Evaluation is local.
+
+    Args:
+        num_features, eps, momentum, affine, device, dtype, r_max, d_max: as
+            :class:`batchnorm.BatchRenorm` (keyword arguments of BatchNorm pass through).
+        process_group: keyword-only, the group to synchronize over; None means the world.
+    """
+
+    def __init__(self, *args, process_group: dist.ProcessGroup | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.process_group = process_group
+
+    def _sync_group(self) -> object | None:
+        return _active_group(self.process_group)
 
 
 # The local classes a SyncBatchNorm may come from and go back to, exactly (a subclass may

@@ -98,6 +98,7 @@ def batch_renorm(
     skipped_updates: Tensor | None = None,
     mask: Tensor | None = None,
     small_batch: str = "raise",
+    process_group: object | None = None,
 ) -> Tensor:
     """Batch Renormalization, functional form: :func:`batchnorm.functional.batch_norm` plus (r, d).
 
@@ -111,8 +112,9 @@ def batch_renorm(
             :func:`batchnorm.functional.batch_norm`; the running statistics are required.
         r_max: clip of r, >= 1 (a float: the schedule is the module's business).
         d_max: clip of d, >= 0.
-        axis, num_batches_tracked, store_unbiased, skipped_updates, mask, small_batch: as
-            batch_norm.
+        axis, num_batches_tracked, store_unbiased, skipped_updates, mask, small_batch,
+            process_group: as batch_norm (with a process group, r and d come from the global
+            batch statistics, so every rank applies the same correction).
 
     Returns:
         The normalized tensor.
@@ -138,6 +140,7 @@ def batch_renorm(
         input, running_mean, running_var, weight, bias, training, momentum, eps,
         axis=axis, num_batches_tracked=num_batches_tracked, store_unbiased=store_unbiased,
         skipped_updates=skipped_updates, mask=mask, correction=correction, small_batch=small_batch,
+        process_group=process_group,
     )  # fmt: skip
 
 
@@ -200,6 +203,7 @@ class BatchRenorm(BatchNorm):
             self.momentum, self.eps, r_max=r_max, d_max=d_max, axis=self.axis,
             num_batches_tracked=self.num_batches_tracked, store_unbiased=self.store_unbiased,
             skipped_updates=self.skipped_updates, mask=mask, small_batch=self.small_batch,
+            process_group=self._sync_group(),
         )  # fmt: skip
 
     def extra_repr(self) -> str:

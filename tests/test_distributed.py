@@ -27,9 +27,15 @@ import torch.nn.functional as TF
 from torch import nn
 
 from batchnorm import reference as ref
-from batchnorm.distributed import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm
+from batchnorm.distributed import (
+    SyncBatchNorm,
+    SyncBatchRenorm,
+    convert_sync_batchnorm,
+    revert_sync_batchnorm,
+)
 from batchnorm.modules import BatchNorm, BatchNorm1d, BatchNorm2d
 from batchnorm.population import recompute_statistics
+from batchnorm.renorm import BatchRenorm
 
 pytestmark = pytest.mark.distributed
 
@@ -162,6 +168,44 @@ def _check_layer(
     _close(sync(x), local(x), f"rank {rank}: eval")
 
 
+def _check_renorm(rank, sizes, sample_shape) -> None:
+    """Batch Renorm with synchronized statistics equals Batch Renorm on the whole batch.
+
+    The running statistics start far from the data and r_max, d_max are small, so r and d are
+    clipped away from 1 and 0: the correction is active (checked against plain BN).
+    """
+    g = torch.Generator().manual_seed(99)
+    c = sample_shape[0]
+    kwargs = dict(r_max=1.5, d_max=0.5, dtype=F64)
+    sync, local, plain = SyncBatchRenorm(c, **kwargs), BatchRenorm(c, **kwargs), BatchNorm(c, dtype=F64)
+    with torch.no_grad():
+        for m in (sync, local, plain):
+            m.running_mean.fill_(-3.0)
+            m.running_var.fill_(0.05)
+            m.weight.copy_(torch.linspace(0.5, 1.5, c, dtype=F64))
+    for step in range(2):
+        n = sum(sizes)
+        full = torch.randn(n, *sample_shape, generator=g, dtype=F64) * 3 + 2
+        dy = torch.randn(n, *sample_shape, generator=g, dtype=F64)
+        x = _shard(full, sizes, rank).clone().requires_grad_()
+        y = sync(x)
+        y.backward(_shard(dy, sizes, rank))
+        xf = full.clone().requires_grad_()
+        yf = local(xf)
+        yf.backward(dy)
+        what = f"renorm rank {rank} step {step}"
+        _close(y, _shard(yf, sizes, rank), f"{what}: output")
+        _close(x.grad, _shard(xf.grad, sizes, rank), f"{what}: input gradient")
+        _close(_all_sum(sync.weight.grad), local.weight.grad, f"{what}: weight grad")
+        _close(_all_sum(sync.bias.grad), local.bias.grad, f"{what}: bias grad")
+        _close(sync.running_mean, local.running_mean, f"{what}: running_mean")
+        _close(sync.running_var, local.running_var, f"{what}: running_var")
+        if step == 0:
+            assert not torch.allclose(yf, plain(full), atol=1e-3), "the renorm correction was inactive"
+        for m in (sync, local):
+            m.weight.grad = m.bias.grad = None
+
+
 def _all_true(flag: bool) -> bool:
     t = torch.tensor([int(flag)])
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
@@ -176,6 +220,7 @@ def _worker_layer(rank: int, world: int) -> None:
     _check_layer(rank, [2, 3, 0, 1], (3, 4, 2), axis=1)  # NCHW
     _check_layer(rank, [1, 0, 2, 2], (2, 3, 4), axis=-1, affine=False)  # channels-last
     _check_layer(rank, [2, 1, 1, 2], (3, 2), axis=1, momentum=None)  # cumulative average
+    _check_renorm(rank, [3, 0, 2, 4], (3, 2, 2))  # Batch Renorm, synchronized
 
     # A subgroup: ranks 1 and 3 synchronize with each other only (every rank creates it).
     pair = dist.new_group([1, 3])
