@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import _sync, kernels
 from .kernels import _native
-from .kernels._native import acc_dtype, per_channel, reduce_dims
+from .kernels._native import acc_dtype
 
 __all__ = [
     "batch_norm",
@@ -703,8 +703,3 @@ def batch_normalization(
         inv = inv * scale
     y = (x - mean) * inv
     return y + offset if offset is not None else y
-
-
-# Re-exported for the shells built on the three steps.
-_reduce_dims = reduce_dims
-_per_channel = per_channel

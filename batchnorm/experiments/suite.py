@@ -205,28 +205,27 @@ def _figure1_plot(g: dict[str, Runs], path: Path, exp: Experiment) -> Path:
 RATES = (1, 5, 30)
 
 
-def _lr_groups_mlp(quick: bool) -> dict[str, list[Config]]:
-    base = MLP_FIGURE1.replace(
-        lr=0.1, steps=1000 if quick else 10000, eval_every=100 if quick else 500, watch_unit=-1
-    )
-    seeds = range(1) if quick else range(3)
+def _rate_groups(base: Config, seeds: range) -> dict[str, list[Config]]:
+    """``base`` without and with BN at each multiple of its learning rate in RATES."""
     out = {}
     for norm, lab in (("none", "without BN"), ("ours", "with BN")):
         for k in RATES:
             out[f"{lab}|x{k}"] = _seeds(base.replace(norm=norm, lr=base.lr * k), seeds)
     return out
+
+
+def _lr_groups_mlp(quick: bool) -> dict[str, list[Config]]:
+    base = MLP_FIGURE1.replace(
+        lr=0.1, steps=1000 if quick else 10000, eval_every=100 if quick else 500, watch_unit=-1
+    )
+    return _rate_groups(base, range(1) if quick else range(3))
 
 
 def _lr_groups_lenet(quick: bool) -> dict[str, list[Config]]:
     base = LENET_ARTICLE.replace(optimizer="sgd", lr=0.01, epochs=2, augment=False)
     if quick:
         base = base.replace(train_samples=10000, epochs=1)
-    seeds = range(1) if quick else range(3)
-    out = {}
-    for norm, lab in (("none", "without BN"), ("ours", "with BN")):
-        for k in RATES:
-            out[f"{lab}|x{k}"] = _seeds(base.replace(norm=norm, lr=base.lr * k), seeds)
-    return out
+    return _rate_groups(base, range(1) if quick else range(3))
 
 
 def _lr_verdict(g: dict[str, Runs]) -> tuple[bool | None, list[str]]:

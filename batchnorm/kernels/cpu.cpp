@@ -113,6 +113,15 @@ inline void split(double mean, A* hi, A* lo) {
   *lo = static_cast<A>(mean - static_cast<double>(*hi));
 }
 
+// The per-channel float64 means split into hi + lo in the accumulation type (see split).
+template <typename A>
+struct SplitMeans {
+  std::vector<A> hi, lo;
+  SplitMeans(const double* mean, int64_t C) : hi(C), lo(C) {
+    for (int64_t c = 0; c < C; ++c) split(mean[c], &hi[c], &lo[c]);
+  }
+};
+
 inline int team_size(int nt, int64_t work) { return (nt > 1 && work >= kSerialBelow) ? nt : 1; }
 
 // Thread `tid` of `nth` gets [begin, end) of [0, total).
@@ -471,10 +480,9 @@ template <typename T>
 void normalize(const T* x, T* y, int64_t outer, int64_t C, int64_t inner, const double* mean,
                const typename Acc<T>::type* scale, const typename Acc<T>::type* shift, int nt) {
   typedef typename Acc<T>::type A;
-  std::vector<A> HI(C), LO(C);
-  for (int64_t c = 0; c < C; ++c) split(mean[c], &HI[c], &LO[c]);
-  const A* hi = HI.data();
-  const A* lo = LO.data();
+  const SplitMeans<A> m(mean, C);
+  const A* hi = m.hi.data();
+  const A* lo = m.lo.data();
   elementwise(
       outer, C, inner, nt,
       [&](int64_t c, int64_t e, int64_t len) {
@@ -499,10 +507,9 @@ void backward_elemt(const T* dy, const T* x, T* dx, int64_t outer, int64_t C, in
                     const double* mean, const typename Acc<T>::type* k,
                     const typename Acc<T>::type* mean_dy, const typename Acc<T>::type* proj, int nt) {
   typedef typename Acc<T>::type A;
-  std::vector<A> HI(C), LO(C);
-  for (int64_t c = 0; c < C; ++c) split(mean[c], &HI[c], &LO[c]);
-  const A* hi = HI.data();
-  const A* lo = LO.data();
+  const SplitMeans<A> m(mean, C);
+  const A* hi = m.hi.data();
+  const A* lo = m.lo.data();
   elementwise(
       outer, C, inner, nt,
       [&](int64_t c, int64_t e, int64_t len) {
