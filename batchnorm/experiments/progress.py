@@ -54,12 +54,13 @@ class Progress:
         if not force and now - self._last < self.interval:
             return
         self._last = now
+        # Weighted float increments can sum a hair past the total: show at most the total.
         frac = min(1.0, self.done / self.total)
         elapsed = now - self.start
         eta = elapsed / frac - elapsed if frac > 0 else 0.0
         bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
         line = (
-            f"[{bar}] {100 * frac:3.0f}% {self.done:.0f}/{self.total} {self.unit} "
+            f"[{bar}] {100 * frac:3.0f}% {min(self.done, self.total):.0f}/{self.total} {self.unit} "
             f"{_fmt(elapsed)}<{_fmt(eta)}  {self.note}"
         )
         if self.tty:
