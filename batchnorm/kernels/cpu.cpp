@@ -18,6 +18,8 @@
 //          var = (S2 - S1^2/m)/m. (K - mean)^2 <= m var because K is one of the samples,
 //          so the cancellation costs at most log10(1 + m) of float64's 16 digits.
 //          A constant channel gives d == 0: var == 0 and mean == K exactly.
+//          Single-precision interleaved input with C >= 16 sums blocks of 16 rows in float32
+//          registers first, about K = the float32 mean of the first rows (interleaved_sums_f32).
 //   normalize / backward_elemt: x - mean as (x - hi) - lo with hi = acc(mean),
 //          lo = acc(mean - hi), in the accumulation type (float for float/bf16/half).
 //   backward_reduce: sums of dy and dy * (x - mean) in float64.
@@ -288,70 +290,146 @@ inline void interleaved_grad_sums(int64_t r0, int64_t r1, int64_t C, const T* dy
     }
 }
 
-// Single-precision inputs, interleaved rows, C >= kBlockRowsFrom: eight rows are summed in
-// float32 per channel, then added to the float64 accumulators. With C in the hundreds the
-// float64 version spends most of its time converting and storing (measured 2-3x slower than
-// this on C = 256 and 1024); eight float32 additions of d (exact for x within a factor 2 of K,
-// else rounded to 2^-24 relative) keep the variance within about 1e-7 of the float64 one.
-constexpr int64_t kBlockRowsFrom = 128;
+// Single-precision inputs (float32, bfloat16, float16), interleaved rows, C >= 16: the
+// channels are cut into tiles of up to 16 vectors of 16 (see tiled_rows), and each tile's sums
+// stay in registers, in float32, over a block of kBlockRows rows before they are added to the
+// float64 accumulators. Per element that is a load, a subtraction and two additions: the
+// row-by-row float64 version stored and reloaded its accumulators every four rows and
+// measured 1.3-2.4x a tensor copy at C = 64-1024. Summing at most kBlockRows values of
+// d = x - K in float32 rounds by at most kBlockRows * 2^-24 of sum |d| (d itself is exact
+// for x within a factor 2 of K); the tests hold the variance to 1e-6 relative of the float64
+// reference.
+typedef float vf16 __attribute__((vector_size(64)));
+typedef uint16_t vu16x16 __attribute__((vector_size(32)));
+typedef uint32_t vu32x16 __attribute__((vector_size(64)));
+constexpr int64_t kVec = 16;
+constexpr int64_t kBlockRows = 16;
 
-template <typename T>
-inline void interleaved_sums_f32(const T* x, int64_t r0, int64_t r1, int64_t C, const float* kf,
-                                 double* s1, double* s2) {
-  int64_t r = r0;
-  for (; r + 8 <= r1; r += 8) {
-    const T* p = x + r * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      // Written out: a j-loop here gets vectorised across rows (gathers) instead of channels.
-      const float k = kf[c];
-      const float d0 = to_acc(p[c]) - k, d1 = to_acc(p[C + c]) - k;
-      const float d2 = to_acc(p[2 * C + c]) - k, d3 = to_acc(p[3 * C + c]) - k;
-      const float d4 = to_acc(p[4 * C + c]) - k, d5 = to_acc(p[5 * C + c]) - k;
-      const float d6 = to_acc(p[6 * C + c]) - k, d7 = to_acc(p[7 * C + c]) - k;
-      s1[c] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7));
-      s2[c] += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7));
+inline vf16 loadf(const float* p) {
+  vf16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline vf16 loadf(const bf16* p) {
+  vu16x16 h;
+  std::memcpy(&h, p, sizeof h);
+  vu32x16 u = __builtin_convertvector(h, vu32x16) << 16;
+  vf16 f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline vf16 loadf(const f16* p) {
+  vf16 f = {};
+  for (int j = 0; j < 16; ++j) f[j] = to_acc(p[j]);
+  return f;
+}
+inline void storef(float* p, vf16 v) { std::memcpy(p, &v, sizeof v); }
+inline void storef(bf16* p, vf16 v) {
+  for (int j = 0; j < 16; ++j) from_acc(v[j], p + j);
+}
+inline void storef(f16* p, vf16 v) {
+  for (int j = 0; j < 16; ++j) from_acc(v[j], p + j);
+}
+
+// acc[0..16) += v, in float64.
+inline void add_to(double* acc, vf16 v) {
+  for (int j = 0; j < 16; ++j) acc[j] += static_cast<double>(v[j]);
+}
+
+// One tile of NV vectors (channels [c0, c0 + 16 NV)) over rows [rb, re), re - rb <= kBlockRows,
+// one row after the other into accumulators that stay in registers (2 NV of the 32 vector
+// registers, so NV <= 16; the per-channel constants are read from L1). `term(offset, j, &t1,
+// &t2)` gives the two summands of vector j at element offset `offset`. (Adding two rows first,
+// or keeping two chains, measured slower at C >= 128: the extra registers spill.)
+template <int NV, typename Term>
+inline void tile_sums(int64_t rb, int64_t re, int64_t C, int64_t c0, double* s1, double* s2,
+                      Term term) {
+  vf16 a1[NV], a2[NV];
+  for (int j = 0; j < NV; ++j) a1[j] = a2[j] = vf16{};
+  for (int64_t r = rb; r < re; ++r) {
+    const int64_t e = r * C + c0;
+    for (int j = 0; j < NV; ++j) {
+      vf16 t1, t2;
+      term(e + kVec * j, j, &t1, &t2);
+      a1[j] += t1;
+      a2[j] += t2;
     }
   }
-  for (; r < r1; ++r) {
-    const T* p = x + r * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const float d = to_acc(p[c]) - kf[c];
-      s1[c] += d;
-      s2[c] += d * d;
-    }
+  for (int j = 0; j < NV; ++j) {
+    add_to(s1 + c0 + kVec * j, a1[j]);
+    add_to(s2 + c0 + kVec * j, a2[j]);
   }
 }
 
-// The same for the backward sums: dy and dy * ((x - hi) - lo), as the float32 native kernel.
+// Rows [r0, r1) of C >= 16 channels in blocks of kBlockRows; within a block, the row is cut
+// into tiles of 16, 8, 4, 2 and 1 vectors (greedily, widest first) and each tile runs over
+// the block's rows. Up to 256 channels a row is one or a few wide tiles, read front to back;
+// narrow strided tiles measured 2-4x slower than a sequential read here. The last C % 16
+// channels go through `tail(rb, re, c_begin)`.
+template <int Widest, typename Tile, typename Tail>
+inline void tiled_rows(int64_t r0, int64_t r1, int64_t C, Tile tile, Tail tail) {
+  const int64_t cv = C / kVec * kVec;
+  for (int64_t rb = r0; rb < r1; rb += kBlockRows) {
+    const int64_t re = std::min(rb + kBlockRows, r1);
+    int64_t c0 = 0;
+    for (; c0 + Widest * kVec <= cv; c0 += Widest * kVec)
+      tile(std::integral_constant<int, Widest>(), rb, re, c0);
+    if (Widest > 8 && c0 + 8 * kVec <= cv) tile(std::integral_constant<int, 8>(), rb, re, c0), c0 += 8 * kVec;
+    if (c0 + 4 * kVec <= cv) tile(std::integral_constant<int, 4>(), rb, re, c0), c0 += 4 * kVec;
+    if (c0 + 2 * kVec <= cv) tile(std::integral_constant<int, 2>(), rb, re, c0), c0 += 2 * kVec;
+    if (c0 + kVec <= cv) tile(std::integral_constant<int, 1>(), rb, re, c0), c0 += kVec;
+    if (cv < C) tail(rb, re, cv);
+  }
+}
+
+template <typename T>
+inline void interleaved_sums_f32(const T* x, int64_t r0, int64_t r1, int64_t C, const float* kf,
+                                 const double* k, double* s1, double* s2) {
+  tiled_rows<16>(
+      r0, r1, C,
+      [&](auto nv, int64_t rb, int64_t re, int64_t c0) {
+        const float* kc = kf + c0;
+        tile_sums<decltype(nv)::value>(rb, re, C, c0, s1, s2, [&](int64_t e, int j, vf16* t1, vf16* t2) {
+          const vf16 d = loadf(x + e) - loadf(kc + kVec * j);
+          *t1 = d;
+          *t2 = d * d;
+        });
+      },
+      [&](int64_t rb, int64_t re, int64_t cb) {
+        for (int64_t r = rb; r < re; ++r)
+          for (int64_t c = cb; c < C; ++c) {
+            const double d = static_cast<double>(to_acc(x[r * C + c])) - k[c];
+            s1[c] += d;
+            s2[c] += d * d;
+          }
+      });
+}
+
 template <typename T>
 inline void interleaved_grad_sums_f32(const T* dy, const T* x, int64_t r0, int64_t r1, int64_t C,
-                                      const float* hi, const float* lo, double* s1, double* s2) {
-  int64_t r = r0;
-  for (; r + 8 <= r1; r += 8) {
-    const T* g = dy + r * C;
-    const T* p = x + r * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const float h = hi[c], l = lo[c];
-#define BN_G(j) const float g##j = to_acc(g[(j) * C + c]), e##j = g##j * ((to_acc(p[(j) * C + c]) - h) - l)
-      BN_G(0); BN_G(1); BN_G(2); BN_G(3); BN_G(4); BN_G(5); BN_G(6); BN_G(7);
-#undef BN_G
-      s1[c] += ((g0 + g1) + (g2 + g3)) + ((g4 + g5) + (g6 + g7));
-      s2[c] += ((e0 + e1) + (e2 + e3)) + ((e4 + e5) + (e6 + e7));
-    }
-  }
-  for (; r < r1; ++r) {
-    const T* g = dy + r * C;
-    const T* p = x + r * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const float gd = to_acc(g[c]);
-      s1[c] += gd;
-      s2[c] += gd * ((to_acc(p[c]) - hi[c]) - lo[c]);
-    }
-  }
+                                      const float* hi, const float* lo, const double* mean,
+                                      double* s1, double* s2) {
+  // At most 8 vectors a tile: two streams and their temporaries need the registers.
+  tiled_rows<8>(
+      r0, r1, C,
+      [&](auto nv, int64_t rb, int64_t re, int64_t c0) {
+        const float* h = hi + c0;
+        const float* l = lo + c0;
+        tile_sums<decltype(nv)::value>(rb, re, C, c0, s1, s2, [&](int64_t e, int j, vf16* t1, vf16* t2) {
+          const vf16 g = loadf(dy + e);
+          *t1 = g;
+          *t2 = g * ((loadf(x + e) - loadf(h + kVec * j)) - loadf(l + kVec * j));
+        });
+      },
+      [&](int64_t rb, int64_t re, int64_t cb) {
+        for (int64_t r = rb; r < re; ++r)
+          for (int64_t c = cb; c < C; ++c) {
+            const int64_t e = r * C + c;
+            const double g = static_cast<double>(to_acc(dy[e]));
+            s1[c] += g;
+            s2[c] += g * (static_cast<double>(to_acc(x[e])) - mean[c]);
+          }
+      });
 }
 
 // ------------------------------------------------------------------ reductions (stats, backward_reduce)
@@ -401,10 +479,20 @@ template <typename T>
 void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean, double* var, int nt) {
   std::vector<double> K(C);
   for (int64_t c = 0; c < C; ++c) K[c] = static_cast<double>(to_acc(x[c * inner]));
+  if (!std::is_same<T, double>::value && inner == 1 && C >= kVec) {
+    // The float32 row blocks: K = the mean of the first rows, rounded to float32, so that
+    // sum(d) is small and var = (S2 - S1^2/m)/m does not amplify the blocks' rounding. Still
+    // within the samples' range, and exact (K = x) on a constant channel.
+    const int64_t rows = std::min<int64_t>(outer, kBlockRows);
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0;
+      for (int64_t r = 0; r < rows; ++r) s += static_cast<double>(to_acc(x[r * C + c]));
+      K[c] = static_cast<double>(static_cast<float>(s / static_cast<double>(rows)));
+    }
+  }
   const double* k = K.data();
-  std::vector<float> KF(K.begin(), K.end());  // exact: K is one of the samples
+  std::vector<float> KF(K.begin(), K.end());  // exact: K is a float32 value
   const float* kf = KF.data();
-  const bool f32_blocks = !std::is_same<T, double>::value && C >= kBlockRowsFrom;
   std::vector<double> s1(C), s2(C);
   reduce(
       outer, C, inner, nt, s1.data(), s2.data(),
@@ -412,7 +500,8 @@ void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean, do
         shifted_sums(x + e, len, k[c], a1, a2);
       },
       [&](int64_t r0, int64_t r1, double* a1, double* a2) {
-        if (f32_blocks) return interleaved_sums_f32(x, r0, r1, C, kf, a1, a2);
+        if constexpr (!std::is_same<T, double>::value)
+          if (C >= kVec) return interleaved_sums_f32(x, r0, r1, C, kf, k, a1, a2);
         interleaved_sums(r0, r1, C, a1, a2, [&](int64_t r, int64_t c) {
           return load8(x + r * C + c) - load8(k + c);
         }, [&](int64_t r, int64_t c) {
@@ -434,14 +523,14 @@ void backward_reduce(const T* dy, const T* x, int64_t outer, int64_t C, int64_t 
   for (int64_t c = 0; c < C; ++c) split(mean[c], &HI[c], &LO[c]);
   const float* hi = HI.data();
   const float* lo = LO.data();
-  const bool f32_blocks = !std::is_same<T, double>::value && C >= kBlockRowsFrom;
   reduce(
       outer, C, inner, nt, sum_dy, sum_dy_xmu,
       [&](int64_t c, int64_t e, int64_t len, double* a1, double* a2) {
         grad_sums(dy + e, x + e, len, mean[c], a1, a2);
       },
       [&](int64_t r0, int64_t r1, double* a1, double* a2) {
-        if (f32_blocks) return interleaved_grad_sums_f32(dy, x, r0, r1, C, hi, lo, a1, a2);
+        if constexpr (!std::is_same<T, double>::value)
+          if (C >= kVec) return interleaved_grad_sums_f32(dy, x, r0, r1, C, hi, lo, mean, a1, a2);
         interleaved_grad_sums(r0, r1, C, dy, x, mean, a1, a2);
       });
 }
