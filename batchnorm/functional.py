@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import _sync, kernels
-from .kernels import _native
+from .kernels import _cpu, _native
 from .kernels._native import acc_dtype
 
 __all__ = [
@@ -243,6 +243,11 @@ def update_running_stats(
             "momentum=None (cumulative average) needs num_batches_tracked to know how many "
             "batches have been averaged; pass the module's num_batches_tracked buffer"
         )
+    if kernels.enabled() and _cpu.running_update(
+        running_mean, running_var, mean, var, count, momentum, num_batches_tracked,
+        store_unbiased, skipped_updates,
+    ):
+        return  # the same rule in one call of the CPU kernels
     with torch.no_grad():
         ok = _all_finite(mean, var)
         if num_batches_tracked is not None:

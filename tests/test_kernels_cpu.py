@@ -239,6 +239,68 @@ def test_thread_count_does_not_change_results_beyond_rounding():
     torch.testing.assert_close(v1, v2, rtol=1e-6, atol=0)
 
 
+RUNNING_CASES = {
+    "ema": dict(momentum=0.1),
+    "cumulative": dict(momentum=None),
+    "biased": dict(momentum=0.3, store_unbiased=False),
+    "float64-buffers": dict(momentum=0.1, buffers=torch.float64),
+    "float64-var": dict(momentum=0.1, buffers=torch.float64, var=torch.float64),
+    "nan-batch": dict(momentum=0.1, bad=float("nan")),
+    "inf-batch-cumulative": dict(momentum=None, bad=float("inf")),
+}
+
+
+@pytest.mark.parametrize("case", list(RUNNING_CASES))
+def test_running_update_kernel_gives_the_bits_of_the_torch_op_version(case: str):
+    """The one-call running update (cpu.cpp) against update_running_stats' torch ops, with
+    the fast kernels switched off: same buffers bit for bit, same counters, over 5 batches."""
+    opts = dict(RUNNING_CASES[case])
+    bdtype, vdtype = opts.pop("buffers", torch.float32), opts.pop("var", torch.float32)
+    bad = opts.pop("bad", None)
+    g = torch.Generator().manual_seed(3)
+    C, count = 7, 37
+    state = {who: (torch.rand(C, generator=g, dtype=bdtype), torch.rand(C, generator=g, dtype=bdtype) + 1,
+                   torch.tensor(4), torch.tensor(0)) for who in ("fast",)}
+    state["ops"] = tuple(t.clone() for t in state["fast"])
+    taken = []
+    for step in range(5):
+        mean = torch.randn(C, generator=g, dtype=torch.float64) * 3
+        var = torch.rand(C, generator=g, dtype=torch.float64).to(vdtype) * 2
+        if bad is not None and step == 2:
+            var[3] = bad
+        for who, (rm, rv, nbt, skipped) in state.items():
+            v0 = rm._version
+            previous = kernels.set_enabled(who == "fast")
+            try:
+                F.update_running_stats(rm, rv, mean, var, count, num_batches_tracked=nbt,
+                                       skipped_updates=skipped, **opts)
+            finally:
+                kernels.set_enabled(previous)
+            assert rm._version > v0  # in place, seen by autograd's version check
+        taken.append(_cpu.running_update(torch.zeros(C, dtype=bdtype), torch.ones(C, dtype=bdtype),
+                                         mean, var, count, opts["momentum"], torch.tensor(1),
+                                         opts.get("store_unbiased", True), None))
+    assert all(taken)
+    for a, b in zip(state["fast"], state["ops"], strict=True):
+        assert torch.equal(a, b), (case, a, b)
+    assert int(state["fast"][2]) == 4 + 5 - (bad is not None) and int(state["fast"][3]) == (bad is not None)
+
+
+def test_running_update_kernel_declines_what_it_does_not_take():
+    C = 3
+    mean, var = torch.zeros(C, dtype=torch.float64), torch.ones(C)
+    rm, rv = torch.zeros(C), torch.ones(C)
+    assert not _cpu.running_update(rm, rv, mean, var, 8, torch.tensor(0.1), None, True, None)
+    assert not _cpu.running_update(rm.half(), rv.half(), mean, var, 8, 0.1, None, True, None)
+    assert not _cpu.running_update(rm, rv, mean.float(), var, 8, 0.1, None, True, None)
+    assert not _cpu.running_update(rm, rv, mean, var, 8, 0.1, torch.tensor(0, dtype=torch.int32), True, None)
+    assert not _cpu.running_update(torch.zeros(2 * C)[::2], rv, mean, var, 8, 0.1, None, True, None)
+    assert torch.equal(rm, torch.zeros(C)) and torch.equal(rv, torch.ones(C))
+    # A tensor momentum still works, through the torch ops.
+    F.update_running_stats(rm, rv, mean + 1, var, 8, torch.tensor(0.5))
+    assert torch.allclose(rm, torch.full((C,), 0.5))
+
+
 def test_gradcheck_and_double_backward_on_the_fast_path():
     x, _ = _layout("ncl", torch.float64)
     x.requires_grad_(True)

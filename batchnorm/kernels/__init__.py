@@ -77,6 +77,11 @@ def set_enabled(enabled: bool) -> bool:
     return previous
 
 
+def enabled() -> bool:
+    """Whether the fast kernels are switched on (:func:`set_enabled`)."""
+    return _ENABLED
+
+
 def get(x: torch.Tensor, axis: int) -> Kernels:
     """The kernel set for ``x``: the registered one for its device if it supports ``x``."""
     if _ENABLED:
@@ -103,4 +108,4 @@ register(
     ),
 )
 
-__all__ = ["Kernels", "NATIVE", "register", "set_enabled", "get"]
+__all__ = ["Kernels", "NATIVE", "register", "set_enabled", "enabled", "get"]

@@ -217,3 +217,57 @@ stats = _entry(cpu_stats, _stats_impl)
 normalize = _entry(cpu_normalize, _normalize_impl)
 backward_reduce = _entry(cpu_backward_reduce, _backward_reduce_impl)
 backward_elemt = _entry(cpu_backward_elemt, _backward_elemt_impl)
+
+
+# --------------------------------------------------------------------------- running update
+
+_RUNNING_CODE = {torch.float32: 0, torch.float64: 1}
+
+
+def _flat_cpu(t: Tensor, dtypes) -> bool:
+    return type(t) is Tensor and t.device.type == "cpu" and t.dtype in dtypes and t.is_contiguous()
+
+
+def running_update(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    count: int,
+    momentum,
+    num_batches_tracked: Tensor | None,
+    store_unbiased: bool,
+    skipped_updates: Tensor | None,
+) -> bool:
+    """``functional.update_running_stats`` in one call of ``cpu.cpp``; False where it declines.
+
+    Taken in plain eager mode for contiguous float32/float64 CPU buffers, a float64 mean, a
+    float32/float64 variance, a float (or None) momentum and int64 counters; anything else
+    (a tensor momentum, half buffers, tracing, torch.func) returns False and the caller runs
+    the torch-op version. The same rule (eq. 13-16, non-finite batches skipped and counted),
+    computed in float64 and rounded once. Version counters are bumped as an in-place op would.
+    """
+    if not (_RUNNING_CODE.get(running_mean.dtype) is not None
+            and running_var.dtype == running_mean.dtype
+            and (momentum is None or type(momentum) in (float, int))
+            and _flat_cpu(running_mean, _RUNNING_CODE) and _flat_cpu(running_var, _RUNNING_CODE)
+            and _flat_cpu(mean, (torch.float64,)) and _flat_cpu(var, _RUNNING_CODE)
+            and mean.numel() == var.numel() == running_mean.numel() == running_var.numel()
+            and all(t is None or (_flat_cpu(t, (torch.int64,)) and t.numel() == 1)
+                    for t in (num_batches_tracked, skipped_updates))
+            and _plain_eager(running_mean)
+            and available()):
+        return False
+    lib = _cpu_build.load()
+    cumulative = momentum is None
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    rc = lib.bn_running_update(_RUNNING_CODE[running_mean.dtype], running_mean.data_ptr(),
+                               running_var.data_ptr(), _RUNNING_CODE[var.dtype], mean.data_ptr(),
+                               var.data_ptr(), mean.numel(), int(count),
+                               0.0 if cumulative else float(momentum), int(cumulative),
+                               int(store_unbiased), ptr(num_batches_tracked), ptr(skipped_updates))
+    assert rc == 0, rc
+    for t in (running_mean, running_var, num_batches_tracked, skipped_updates):
+        if t is not None:
+            torch.autograd.graph.increment_version(t)
+    return True

@@ -29,7 +29,7 @@ log = logging.getLogger("batchnorm.kernels")
 
 SOURCE = Path(__file__).with_name("cpu.cpp")
 LIB_NAME = "libbatchnorm_cpu.so"
-ABI_VERSION = 1
+ABI_VERSION = 2
 # -march=native first; a compiler that rejects it gets the portable flags.
 FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"],
@@ -86,7 +86,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.bn_normalize.argtypes = [i32, vp, vp, i64, i64, i64, vp, vp, vp, i32]
     lib.bn_backward_reduce.argtypes = [i32, vp, vp, i64, i64, i64, vp, vp, vp, i32]
     lib.bn_backward_elemt.argtypes = [i32, vp, vp, vp, i64, i64, i64, vp, vp, vp, vp, i32]
-    for f in (lib.bn_stats, lib.bn_normalize, lib.bn_backward_reduce, lib.bn_backward_elemt):
+    lib.bn_running_update.argtypes = [i32, vp, vp, i32, vp, vp, i64, i64, ctypes.c_double, i32, i32,
+                                      vp, vp]
+    for f in (lib.bn_stats, lib.bn_normalize, lib.bn_backward_reduce, lib.bn_backward_elemt,
+              lib.bn_running_update):
         f.restype = i32
     if lib.bn_abi_version() != ABI_VERSION:
         raise OSError(f"{LIB_NAME} has ABI {lib.bn_abi_version()}, expected {ABI_VERSION}")

@@ -621,6 +621,43 @@ void backward_elemt(const T* dy, const T* x, T* dx, int64_t outer, int64_t C, in
       });
 }
 
+// The running-statistics update of functional.update_running_stats (docs/math.md eq. 13-16),
+// in one call instead of about twenty tiny tensor ops: the batch is used only if every mean
+// and variance is finite; counters move; then running = (1 - f) * running + f * batch, the
+// variance made unbiased first if asked. Each step is the torch op of the reference version
+// in the same precision (the Bessel factor in the variance's dtype, the rest in the buffers'),
+// products rounded before the sum (volatile: no fused multiply-add), so both paths give the
+// same bits.
+template <typename R, typename V>
+int running_update(R* rm, R* rv, const double* mean, const V* var, int64_t C, int64_t count,
+                   double momentum, int cumulative, int store_unbiased, int64_t* nbt,
+                   int64_t* skipped) {
+  bool ok = true;
+  for (int64_t c = 0; c < C; ++c)
+    ok = ok && std::isfinite(mean[c]) && std::isfinite(static_cast<double>(var[c]));
+  if (nbt) *nbt += ok ? 1 : 0;
+  if (skipped) *skipped += ok ? 0 : 1;
+  if (!ok) return 0;
+  R f, g;
+  if (cumulative) {
+    f = R(1) / static_cast<R>(std::max<int64_t>(*nbt, 1));
+    g = R(1) - f;
+  } else {
+    f = static_cast<R>(momentum);
+    g = static_cast<R>(1.0 - momentum);
+  }
+  const bool unbiased = store_unbiased && count > 1;
+  const V bessel = static_cast<V>(static_cast<double>(count) / static_cast<double>(count - 1));
+  for (int64_t c = 0; c < C; ++c) {
+    const V v = unbiased ? static_cast<V>(var[c] * bessel) : var[c];
+    volatile R p1 = f * static_cast<R>(mean[c]), p2 = g * rm[c];
+    volatile R q1 = f * static_cast<R>(v), q2 = g * rv[c];
+    rm[c] = p1 + p2;
+    rv[c] = q1 + q2;
+  }
+  return 0;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------ C ABI
@@ -639,7 +676,7 @@ void backward_elemt(const T* dy, const T* x, T* dx, int64_t outer, int64_t C, in
 
 extern "C" {
 
-int bn_abi_version() { return 1; }
+int bn_abi_version() { return 2; }
 
 int bn_stats(int dtype, const void* x, int64_t outer, int64_t C, int64_t inner, double* mean,
              double* var, int nt) {
@@ -668,6 +705,24 @@ int bn_backward_elemt(int dtype, const void* dy, const void* x, void* dx, int64_
                              static_cast<const Acc<T>::type*>(k),
                              static_cast<const Acc<T>::type*>(mean_dy),
                              static_cast<const Acc<T>::type*>(proj), nt))
+}
+
+// Running update: rdtype / vdtype 0 float32, 1 float64 (running buffers / batch variance);
+// momentum is ignored when cumulative (factor 1 / num_batches_tracked, nbt required).
+int bn_running_update(int rdtype, void* rm, void* rv, int vdtype, const double* mean,
+                      const void* var, int64_t C, int64_t count, double momentum, int cumulative,
+                      int store_unbiased, int64_t* nbt, int64_t* skipped) {
+  if (cumulative && !nbt) return -2;
+#define BN_RU(R, V)                                                                        \
+  return running_update(static_cast<R*>(rm), static_cast<R*>(rv), mean,                   \
+                        static_cast<const V*>(var), C, count, momentum, cumulative,       \
+                        store_unbiased, nbt, skipped)
+  if (rdtype == 0 && vdtype == 0) BN_RU(float, float);
+  if (rdtype == 0 && vdtype == 1) BN_RU(float, double);
+  if (rdtype == 1 && vdtype == 0) BN_RU(double, float);
+  if (rdtype == 1 && vdtype == 1) BN_RU(double, double);
+#undef BN_RU
+  return -1;
 }
 
 }  // extern "C"
