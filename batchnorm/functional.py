@@ -403,14 +403,18 @@ class _BatchNormTrain(torch.autograd.Function):
                     mean, var = kern.stats(x, axis)
                 else:
                     mean, var = _native.masked_stats(x, axis, mask, count)
-            inv_std = torch.rsqrt(var + eps)
-            scale, shift = _scale_shift(inv_std, weight, bias)
-            if correction is not None:
-                r, d = (t.to(inv_std.dtype) for t in correction(mean, var))
-                gamma = torch.ones_like(inv_std) if weight is None else weight.to(inv_std.dtype)
-                scale, shift = scale * r, shift + gamma * d
-            # An empty rank of a synchronized batch has nothing to normalize.
-            y = kern.normalize(x, axis, mean, scale, shift) if x.numel() > 0 else x.clone()
+            if correction is None and kern.normalize_stats is not None and x.numel() > 0:
+                # The kernel set builds inv_std, scale and shift itself (the same bits).
+                y, inv_std = kern.normalize_stats(x, axis, mean, var, weight, bias, eps)
+            else:
+                inv_std = torch.rsqrt(var + eps)
+                scale, shift = _scale_shift(inv_std, weight, bias)
+                if correction is not None:
+                    r, d = (t.to(inv_std.dtype) for t in correction(mean, var))
+                    gamma = torch.ones_like(inv_std) if weight is None else weight.to(inv_std.dtype)
+                    scale, shift = scale * r, shift + gamma * d
+                # An empty rank of a synchronized batch has nothing to normalize.
+                y = kern.normalize(x, axis, mean, scale, shift) if x.numel() > 0 else x.clone()
         ctx.save_for_backward(x, weight, mean, inv_std, mask, r, d)
         ctx.axis, ctx.eps, ctx.count, ctx.group = axis, eps, count, process_group
         ctx.mark_non_differentiable(mean, var)
@@ -459,10 +463,14 @@ class _BatchNormTrain(torch.autograd.Function):
                 sum_dy, sum_dy_xmu = _sync.all_reduce_sums(sum_dy, sum_dy_xmu, group)
                 if x.numel() == 0:
                     return dy.clone(), grad_w, grad_b, None, None, None, None, None, None
+            # (eq. 12) dx = k * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
+            if r is None and mask is None and kern.backward_elemt_stats is not None:
+                # The kernel set builds k, mean(dy) and the projection itself (the same bits).
+                return (kern.backward_elemt_stats(dy, x, axis, mean, inv_std, weight, sum_dy, sum_dy_xmu, m),
+                        grad_w, grad_b, None, None, None, None, None, None)
             k = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
             if r is not None:
                 k = k * r  # d(x_hat * r)/dx with r constant: eq. 12 scaled by r
-            # (eq. 12) dx = k * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
             grad_x = kern.backward_elemt(dy, x, axis, mean, k, sum_dy / m, sum_dy_xmu / m * inv_std * inv_std)
             if mask is not None:
                 # A masked x enters no statistic: its gradient is the direct term k * dy alone.
@@ -478,11 +486,16 @@ class _BatchNormEval(torch.autograd.Function):
     def forward(ctx, x, weight, bias, running_mean, running_var, eps: float, axis: int):
         kern = kernels.get(x, axis)
         mean = running_mean.to(torch.float64)
-        inv_std = torch.rsqrt(running_var.to(acc_dtype(x.dtype)) + eps)
-        scale, shift = _scale_shift(inv_std, weight, bias)
+        if kern.normalize_stats is not None:
+            # The kernel set builds inv_std, scale and shift itself (the same bits).
+            y, inv_std = kern.normalize_stats(x, axis, mean, running_var, weight, bias, eps)
+        else:
+            inv_std = torch.rsqrt(running_var.to(acc_dtype(x.dtype)) + eps)
+            scale, shift = _scale_shift(inv_std, weight, bias)
+            y = kern.normalize(x, axis, mean, scale, shift)
         ctx.save_for_backward(x, weight, mean, inv_std)
         ctx.axis = axis
-        return kern.normalize(x, axis, mean, scale, shift)
+        return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):

@@ -42,6 +42,18 @@ class Kernels:
     ``supports(x, axis)`` says whether this set handles the input (dtype, layout,
     device); where it returns False the native set is used instead, with identical
     results up to rounding.
+
+    Two optional entries let a set build the per-channel vectors of the plain step inside the
+    kernel call instead of the core building them with tiny tensor ops (each costs 5-20 us
+    after a large kernel has flushed the caches); None, and the core builds them:
+
+    - ``normalize_stats(x, axis, mean, var, weight, bias, eps) -> (y, inv_std)``: ``normalize``
+      with ``inv_std = rsqrt(var.to(acc) + eps)``, ``scale = weight * inv_std``, ``shift = bias``.
+    - ``backward_elemt_stats(dy, x, axis, mean, inv_std, weight, sum_dy, sum_dy_xmu, count)``:
+      ``backward_elemt`` with ``k = weight * inv_std``, ``mean_dy = sum_dy / count``,
+      ``proj = sum_dy_xmu / count * inv_std^2`` (eq. 12).
+
+    Both must give the bits of the core's composition (tested).
     """
 
     name: str
@@ -50,6 +62,8 @@ class Kernels:
     normalize: Callable
     backward_reduce: Callable
     backward_elemt: Callable
+    normalize_stats: Callable | None = None
+    backward_elemt_stats: Callable | None = None
 
 
 NATIVE = Kernels(
@@ -105,6 +119,8 @@ register(
         normalize=_cpu.normalize,
         backward_reduce=_cpu.backward_reduce,
         backward_elemt=_cpu.backward_elemt,
+        normalize_stats=_cpu.normalize_stats,
+        backward_elemt_stats=_cpu.backward_elemt_stats,
     ),
 )
 

@@ -173,6 +173,77 @@ def _backward_elemt_fake(dy: Tensor, x: Tensor, axis: int, mean: Tensor, k: Tens
     return torch.empty_like(x)
 
 
+_VEC_CODE = {torch.float32: 0, torch.float64: 1}
+
+
+def _opt_vec(v: Tensor | None, acc: torch.dtype) -> Tensor | None:
+    return None if v is None else _acc_vec(v, acc)
+
+
+def _ptr(t: Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _normalize_stats_impl(
+    x: Tensor, axis: int, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """``(y, inv_std)``: normalize with ``scale = weight * inv_std``, ``shift = bias`` and
+    ``inv_std = rsqrt(var.to(acc) + eps)``, all made in the kernel call (the same bits as the
+    torch ops of the core)."""
+    geo = geometry(x, axis)
+    lib = _cpu_build.load()
+    acc = _native.acc_dtype(x.dtype)
+    w, b = _opt_vec(weight, acc), _opt_vec(bias, acc)
+    if (geo is None or lib is None or x.dtype not in _DTYPE_CODE or mean.dtype not in _VEC_CODE
+            or var.dtype not in _VEC_CODE):
+        inv_std = torch.rsqrt(var.to(acc) + eps)
+        scale = inv_std if w is None else w * inv_std
+        shift = torch.zeros_like(inv_std) if b is None else b
+        return _normalize_impl(x, axis, mean.to(torch.float64), scale, shift), inv_std
+    mean, var = mean.contiguous(), var.contiguous()
+    y = torch.empty_like(x)
+    inv_std = torch.empty(geo[1], dtype=acc)
+    rc = lib.bn_normalize_stats(_DTYPE_CODE[x.dtype], x.data_ptr(), y.data_ptr(), *geo,
+                                _VEC_CODE[mean.dtype], mean.data_ptr(), _VEC_CODE[var.dtype], var.data_ptr(),
+                                _ptr(w), _ptr(b), float(eps), inv_std.data_ptr(), torch.get_num_threads())
+    assert rc == 0, rc
+    return y, inv_std
+
+
+def _normalize_stats_fake(x, axis, mean, var, weight, bias, eps):
+    return torch.empty_like(x), x.new_empty(x.shape[axis], dtype=_native.acc_dtype(x.dtype))
+
+
+def _backward_elemt_stats_impl(
+    dy: Tensor, x: Tensor, axis: int, mean: Tensor, inv_std: Tensor, weight: Tensor | None,
+    sum_dy: Tensor, sum_dy_xmu: Tensor, count: int,
+) -> Tensor:
+    """eq. 12's ``dx`` with ``k = weight * inv_std``, ``mean_dy = sum_dy / count`` and
+    ``proj = sum_dy_xmu / count * inv_std^2`` made in the kernel call (same bits as the core's
+    torch ops)."""
+    geo = geometry(x, axis)
+    lib = _cpu_build.load()
+    acc = _native.acc_dtype(x.dtype)
+    w = _opt_vec(weight, acc)
+    inv_std, sum_dy, sum_dy_xmu = (_acc_vec(t, acc) for t in (inv_std, sum_dy, sum_dy_xmu))
+    if geo is None or lib is None or x.dtype not in _DTYPE_CODE:
+        k = inv_std if w is None else w * inv_std
+        return _backward_elemt_impl(dy, x, axis, mean, k, sum_dy / count, sum_dy_xmu / count * inv_std * inv_std)
+    dy = _like(dy, x)
+    mean = _acc_vec(mean, torch.float64)
+    dx = torch.empty_like(x)
+    rc = lib.bn_backward_elemt_stats(_DTYPE_CODE[x.dtype], dy.data_ptr(), x.data_ptr(), dx.data_ptr(), *geo,
+                                     mean.data_ptr(), inv_std.data_ptr(), _ptr(w), sum_dy.data_ptr(),
+                                     sum_dy_xmu.data_ptr(), int(count), torch.get_num_threads())
+    assert rc == 0, rc
+    return dx
+
+
+def _backward_elemt_stats_fake(dy, x, axis, mean, inv_std, weight, sum_dy, sum_dy_xmu, count):
+    return torch.empty_like(x)
+
+
 # --------------------------------------------------------------------------- the ops
 
 
@@ -186,6 +257,8 @@ cpu_stats = _op("cpu_stats", _stats_impl, _stats_fake)
 cpu_normalize = _op("cpu_normalize", _normalize_impl, _normalize_fake)
 cpu_backward_reduce = _op("cpu_backward_reduce", _backward_reduce_impl, _backward_reduce_fake)
 cpu_backward_elemt = _op("cpu_backward_elemt", _backward_elemt_impl, _backward_elemt_fake)
+cpu_normalize_stats = _op("cpu_normalize_stats", _normalize_stats_impl, _normalize_stats_fake)
+cpu_backward_elemt_stats = _op("cpu_backward_elemt_stats", _backward_elemt_stats_impl, _backward_elemt_stats_fake)
 
 
 def _plain_eager(x: Tensor) -> bool:
@@ -217,6 +290,8 @@ stats = _entry(cpu_stats, _stats_impl)
 normalize = _entry(cpu_normalize, _normalize_impl)
 backward_reduce = _entry(cpu_backward_reduce, _backward_reduce_impl)
 backward_elemt = _entry(cpu_backward_elemt, _backward_elemt_impl)
+normalize_stats = _entry(cpu_normalize_stats, _normalize_stats_impl)
+backward_elemt_stats = _entry(cpu_backward_elemt_stats, _backward_elemt_stats_impl)
 
 
 # --------------------------------------------------------------------------- running update

@@ -29,7 +29,7 @@ log = logging.getLogger("batchnorm.kernels")
 
 SOURCE = Path(__file__).with_name("cpu.cpp")
 LIB_NAME = "libbatchnorm_cpu.so"
-ABI_VERSION = 2
+ABI_VERSION = 3
 # -march=native first; a compiler that rejects it gets the portable flags.
 FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"],
@@ -88,8 +88,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.bn_backward_elemt.argtypes = [i32, vp, vp, vp, i64, i64, i64, vp, vp, vp, vp, i32]
     lib.bn_running_update.argtypes = [i32, vp, vp, i32, vp, vp, i64, i64, ctypes.c_double, i32, i32,
                                       vp, vp]
+    lib.bn_normalize_stats.argtypes = [i32, vp, vp, i64, i64, i64, i32, vp, i32, vp, vp, vp,
+                                       ctypes.c_double, vp, i32]
+    lib.bn_backward_elemt_stats.argtypes = [i32, vp, vp, vp, i64, i64, i64, vp, vp, vp, vp, vp, i64, i32]
     for f in (lib.bn_stats, lib.bn_normalize, lib.bn_backward_reduce, lib.bn_backward_elemt,
-              lib.bn_running_update):
+              lib.bn_running_update, lib.bn_normalize_stats, lib.bn_backward_elemt_stats):
         f.restype = i32
     if lib.bn_abi_version() != ABI_VERSION:
         raise OSError(f"{LIB_NAME} has ABI {lib.bn_abi_version()}, expected {ABI_VERSION}")
