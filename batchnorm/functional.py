@@ -485,21 +485,24 @@ class _BatchNormEval(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, eps: float, axis: int):
         kern = kernels.get(x, axis)
-        mean = running_mean.to(torch.float64)
         if kern.normalize_stats is not None:
-            # The kernel set builds inv_std, scale and shift itself (the same bits).
-            y, inv_std = kern.normalize_stats(x, axis, mean, running_var, weight, bias, eps)
+            # The kernel set builds inv_std, scale and shift itself (the same bits) and reads
+            # the running mean in its own dtype.
+            y, inv_std = kern.normalize_stats(x, axis, running_mean, running_var, weight, bias, eps)
         else:
             inv_std = torch.rsqrt(running_var.to(acc_dtype(x.dtype)) + eps)
             scale, shift = _scale_shift(inv_std, weight, bias)
-            y = kern.normalize(x, axis, mean, scale, shift)
-        ctx.save_for_backward(x, weight, mean, inv_std)
+            y = kern.normalize(x, axis, running_mean.to(torch.float64), scale, shift)
+        # The running mean itself, as torch.nn saves it: changing it in place before the
+        # backward is an error autograd reports.
+        ctx.save_for_backward(x, weight, running_mean, inv_std)
         ctx.axis = axis
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         x, weight, mean, inv_std = ctx.saved_tensors
+        mean = mean.to(torch.float64)
         axis = ctx.axis
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         kern = kernels.NATIVE if torch.is_grad_enabled() else kernels.get(x, axis)
