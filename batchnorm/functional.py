@@ -356,6 +356,11 @@ def inference_affine(
         return scale, beta - running_mean.to(dtype) * scale  # (eq. 23)
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without the dispatch when it is already that dtype (per-call cost)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class _BatchNormTrain(torch.autograd.Function):
     """Batch statistics forward (eq. 1-4) with the closed-form backward (eq. 9, 10, 12).
 
@@ -454,9 +459,9 @@ class _BatchNormTrain(torch.autograd.Function):
             grad_w = sum_dy_xmu * inv_std  # (eq. 9) sum(dy * x_hat)
             if r is not None:
                 grad_w = grad_w * r + d * sum_dy  # sum(dy * (x_hat * r + d))
-            grad_w = grad_w.to(weight.dtype)
+            grad_w = _cast(grad_w, weight.dtype)
         if need_b:
-            grad_b = sum_dy.to(weight.dtype if weight is not None else dy.dtype)  # (eq. 10)
+            grad_b = _cast(sum_dy, weight.dtype if weight is not None else dy.dtype)  # (eq. 10)
         if need_x:
             if group is not None:
                 # dx of this rank's samples depends on every rank's dy through the two sums.

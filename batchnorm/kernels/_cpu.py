@@ -34,6 +34,22 @@ def geometry(x: Tensor, axis: int) -> tuple[int, int, int] | None:
     ``inner > 1``: channel-major runs (contiguous NC*); ``inner == 1``: rows of C channels
     (channels-last or 2-D). ``axis`` is non-negative.
     """
+    key = (x.shape, x.stride(), axis)
+    geo = _GEOMETRY.get(key, False)
+    if geo is False:
+        geo = _geometry(x, axis)
+        if len(_GEOMETRY) > 1024:
+            _GEOMETRY.clear()
+        _GEOMETRY[key] = geo
+    return geo
+
+
+# (shape, strides, axis) -> geometry: a layer sees the same few shapes every step, and the
+# answer depends on nothing else; looking it up costs a third of working it out.
+_GEOMETRY: dict = {}
+
+
+def _geometry(x: Tensor, axis: int) -> tuple[int, int, int] | None:
     C = x.shape[axis]
     if x.is_contiguous():
         return math.prod(x.shape[:axis]), C, math.prod(x.shape[axis + 1 :])
@@ -69,6 +85,9 @@ def supports(x: Tensor, axis: int) -> bool:
 
 
 def _acc_vec(v: Tensor, acc: torch.dtype) -> Tensor:
+    """``v`` as a contiguous ``acc`` vector (itself when it is one: no dispatch)."""
+    if v.dtype == acc and v.is_contiguous():
+        return v
     return v.to(acc).contiguous()
 
 
@@ -91,11 +110,11 @@ def _stats_impl(x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
         return mean.clone(), var.clone()
     C = geo[1]
     mean = torch.empty(C, dtype=torch.float64)
-    var = torch.empty(C, dtype=torch.float64)
+    var = torch.empty(C, dtype=_native.acc_dtype(x.dtype))  # rounded from float64 in the kernel
     rc = lib.bn_stats(_DTYPE_CODE[x.dtype], x.data_ptr(), *geo, mean.data_ptr(), var.data_ptr(),
                       torch.get_num_threads())
     assert rc == 0, rc
-    return mean, var.to(_native.acc_dtype(x.dtype))
+    return mean, var
 
 
 def _stats_fake(x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
@@ -134,13 +153,14 @@ def _backward_reduce_impl(dy: Tensor, x: Tensor, axis: int, mean: Tensor) -> tup
     dy = _like(dy, x)
     mean = _acc_vec(mean, torch.float64)
     C = geo[1]
-    sum_dy = torch.empty(C, dtype=torch.float64)
-    sum_dy_xmu = torch.empty(C, dtype=torch.float64)
+    # Accumulated in float64, rounded to the accumulation dtype in the kernel.
+    sum_dy = torch.empty(C, dtype=acc)
+    sum_dy_xmu = torch.empty(C, dtype=acc)
     rc = lib.bn_backward_reduce(_DTYPE_CODE[x.dtype], dy.data_ptr(), x.data_ptr(), *geo,
                                 mean.data_ptr(), sum_dy.data_ptr(), sum_dy_xmu.data_ptr(),
                                 torch.get_num_threads())
     assert rc == 0, rc
-    return sum_dy.to(acc), sum_dy_xmu.to(acc)
+    return sum_dy, sum_dy_xmu
 
 
 def _backward_reduce_fake(dy: Tensor, x: Tensor, axis: int, mean: Tensor) -> tuple[Tensor, Tensor]:
@@ -299,8 +319,16 @@ backward_elemt_stats = _entry(cpu_backward_elemt_stats, _backward_elemt_stats_im
 _RUNNING_CODE = {torch.float32: 0, torch.float64: 1}
 
 
+_F64 = (torch.float64,)
+_I64 = (torch.int64,)
+
+
 def _flat_cpu(t: Tensor, dtypes) -> bool:
     return type(t) is Tensor and t.device.type == "cpu" and t.dtype in dtypes and t.is_contiguous()
+
+
+def _counter(t: Tensor) -> bool:
+    return _flat_cpu(t, _I64) and t.numel() == 1
 
 
 def running_update(
@@ -320,16 +348,17 @@ def running_update(
     float32/float64 variance, a float (or None) momentum and int64 counters; anything else
     (a tensor momentum, half buffers, tracing, torch.func) returns False and the caller runs
     the torch-op version. The same rule (eq. 13-16, non-finite batches skipped and counted),
-    computed in float64 and rounded once. Version counters are bumped as an in-place op would.
+    each step in the precision of the torch op it replaces (the same bits). Version counters
+    are bumped as an in-place op would.
     """
-    if not (_RUNNING_CODE.get(running_mean.dtype) is not None
+    if not (running_mean.dtype in _RUNNING_CODE
             and running_var.dtype == running_mean.dtype
             and (momentum is None or type(momentum) in (float, int))
             and _flat_cpu(running_mean, _RUNNING_CODE) and _flat_cpu(running_var, _RUNNING_CODE)
-            and _flat_cpu(mean, (torch.float64,)) and _flat_cpu(var, _RUNNING_CODE)
+            and _flat_cpu(mean, _F64) and _flat_cpu(var, _RUNNING_CODE)
             and mean.numel() == var.numel() == running_mean.numel() == running_var.numel()
-            and all(t is None or (_flat_cpu(t, (torch.int64,)) and t.numel() == 1)
-                    for t in (num_batches_tracked, skipped_updates))
+            and (num_batches_tracked is None or _counter(num_batches_tracked))
+            and (skipped_updates is None or _counter(skipped_updates))
             and _plain_eager(running_mean)
             and available()):
         return False

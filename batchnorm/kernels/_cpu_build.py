@@ -29,7 +29,7 @@ log = logging.getLogger("batchnorm.kernels")
 
 SOURCE = Path(__file__).with_name("cpu.cpp")
 LIB_NAME = "libbatchnorm_cpu.so"
-ABI_VERSION = 3
+ABI_VERSION = 4
 # -march=native first; a compiler that rejects it gets the portable flags.
 FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"],

@@ -476,7 +476,8 @@ void reduce(int64_t outer, int64_t C, int64_t inner, int nt, double* out1, doubl
 }
 
 template <typename T>
-void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean, double* var, int nt) {
+void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean,
+           typename Acc<T>::type* var, int nt) {
   std::vector<double> K(C);
   for (int64_t c = 0; c < C; ++c) K[c] = static_cast<double>(to_acc(x[c * inner]));
   if (!std::is_same<T, double>::value && inner == 1 && C >= kVec) {
@@ -512,19 +513,21 @@ void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean, do
   for (int64_t c = 0; c < C; ++c) {
     const double d_mean = s1[c] / m;
     mean[c] = k[c] + d_mean;
-    var[c] = std::max((s2[c] - s1[c] * d_mean) / m, 0.0);
+    var[c] = static_cast<typename Acc<T>::type>(std::max((s2[c] - s1[c] * d_mean) / m, 0.0));
   }
 }
 
 template <typename T>
 void backward_reduce(const T* dy, const T* x, int64_t outer, int64_t C, int64_t inner,
-                     const double* mean, double* sum_dy, double* sum_dy_xmu, int nt) {
+                     const double* mean, typename Acc<T>::type* sum_dy,
+                     typename Acc<T>::type* sum_dy_xmu, int nt) {
+  std::vector<double> o1(C), o2(C);
   std::vector<float> HI(C), LO(C);
   for (int64_t c = 0; c < C; ++c) split(mean[c], &HI[c], &LO[c]);
   const float* hi = HI.data();
   const float* lo = LO.data();
   reduce(
-      outer, C, inner, nt, sum_dy, sum_dy_xmu,
+      outer, C, inner, nt, o1.data(), o2.data(),
       [&](int64_t c, int64_t e, int64_t len, double* a1, double* a2) {
         grad_sums(dy + e, x + e, len, mean[c], a1, a2);
       },
@@ -533,13 +536,17 @@ void backward_reduce(const T* dy, const T* x, int64_t outer, int64_t C, int64_t 
           if (C >= kVec) return interleaved_grad_sums_f32(dy, x, r0, r1, C, hi, lo, mean, a1, a2);
         interleaved_grad_sums(r0, r1, C, dy, x, mean, a1, a2);
       });
+  for (int64_t c = 0; c < C; ++c) {
+    sum_dy[c] = static_cast<typename Acc<T>::type>(o1[c]);
+    sum_dy_xmu[c] = static_cast<typename Acc<T>::type>(o2[c]);
+  }
 }
 
 // ------------------------------------------------------------------ element-wise (normalize, backward_elemt)
 
 // Apply `op(c, e, len)` over contiguous runs of one channel (planar) or `rowop(e)` over rows of C
-// channels (interleaved), split evenly between threads. (vec_rows: the interleaved rows of
-// single-precision input are written with explicit 16-float vectors; `omp simd` over a row of
+// channels (interleaved), split evenly between threads. (The callers write interleaved rows of
+// single-precision input with explicit 16-float vectors; `omp simd` over a row of
 // 64-256 values spent much of its time in alignment peeling and remainder code, measured
 // 1.1-1.3 copy times against 0.9 for the planar runs.)
 template <typename PlanarRun, typename InterleavedRow>
@@ -588,7 +595,7 @@ void normalize(const T* x, T* y, int64_t outer, int64_t C, int64_t inner, const 
         const T* p = x + e;
         T* q = y + e;
         int64_t c = 0;
-        if constexpr (!std::is_same<T, double>::value)  // explicit vectors: see vec_rows
+        if constexpr (!std::is_same<T, double>::value)  // explicit vectors: see elementwise
           for (; c + kVec <= C; c += kVec)
             storef(q + c, ((loadf(p + c) - loadf(hi + c)) - loadf(lo + c)) * loadf(scale + c) + loadf(shift + c));
 #pragma omp simd
@@ -622,7 +629,7 @@ void backward_elemt(const T* dy, const T* x, T* dx, int64_t outer, int64_t C, in
         const T* p = x + e;
         T* q = dx + e;
         int64_t c = 0;
-        if constexpr (!std::is_same<T, double>::value)  // explicit vectors: see vec_rows
+        if constexpr (!std::is_same<T, double>::value)  // explicit vectors: see elementwise
           for (; c + kVec <= C; c += kVec)
             storef(q + c, loadf(k + c) * (loadf(g + c) - loadf(mean_dy + c) -
                                           ((loadf(p + c) - loadf(hi + c)) - loadf(lo + c)) * loadf(proj + c)));
@@ -733,11 +740,12 @@ int running_update(R* rm, R* rv, const double* mean, const V* var, int64_t C, in
 
 extern "C" {
 
-int bn_abi_version() { return 3; }
+int bn_abi_version() { return 4; }
 
 int bn_stats(int dtype, const void* x, int64_t outer, int64_t C, int64_t inner, double* mean,
-             double* var, int nt) {
-  BN_DISPATCH(stats(static_cast<const T*>(x), outer, C, inner, mean, var, nt))
+             void* var, int nt) {
+  BN_DISPATCH(stats(static_cast<const T*>(x), outer, C, inner, mean,
+                    static_cast<Acc<T>::type*>(var), nt))
 }
 
 int bn_normalize(int dtype, const void* x, void* y, int64_t outer, int64_t C, int64_t inner,
@@ -748,10 +756,10 @@ int bn_normalize(int dtype, const void* x, void* y, int64_t outer, int64_t C, in
 }
 
 int bn_backward_reduce(int dtype, const void* dy, const void* x, int64_t outer, int64_t C,
-                       int64_t inner, const double* mean, double* sum_dy, double* sum_dy_xmu,
-                       int nt) {
+                       int64_t inner, const double* mean, void* sum_dy, void* sum_dy_xmu, int nt) {
   BN_DISPATCH(backward_reduce(static_cast<const T*>(dy), static_cast<const T*>(x), outer, C,
-                              inner, mean, sum_dy, sum_dy_xmu, nt))
+                              inner, mean, static_cast<Acc<T>::type*>(sum_dy),
+                              static_cast<Acc<T>::type*>(sum_dy_xmu), nt))
 }
 
 int bn_backward_elemt(int dtype, const void* dy, const void* x, void* dx, int64_t outer,
