@@ -386,6 +386,11 @@ def _op_samples():
     yield _cpu.cpu_normalize, (x.to(torch.bfloat16), 1, mean, v, v)
     yield _cpu.cpu_backward_reduce, (torch.randn_like(x), xc, 1, mean)
     yield _cpu.cpu_backward_elemt, (torch.randn_like(xc), xc, 1, mean, v, v, v)
+    yield _cpu.cpu_normalize_stats, (xc, 1, mean, v, v, v, 1e-5)
+    yield _cpu.cpu_normalize_stats, (x, 1, v, v.double(), None, None, 1e-5)  # running stats, no affine
+    yield _cpu.cpu_normalize_stats, (x.transpose(2, 3), 1, mean, v, v, v, 1e-5)  # native fallback
+    yield _cpu.cpu_backward_elemt_stats, (torch.randn_like(x), x, 1, mean, v, v, v, v, 11)
+    yield _cpu.cpu_backward_elemt_stats, (torch.randn_like(xc), xc, 1, mean, v, None, v, v, 11)
 
 
 def test_custom_ops_pass_opcheck():

@@ -1,10 +1,13 @@
-"""The fast CPU kernel set: ``cpu.cpp`` behind four ``torch.library`` custom ops.
+"""The fast CPU kernel set: ``cpu.cpp`` behind ``torch.library`` custom ops.
 
 Each primitive of :mod:`batchnorm.kernels` is one custom op (``batchnorm::cpu_stats``,
 ``batchnorm::cpu_normalize``, ``batchnorm::cpu_backward_reduce``,
-``batchnorm::cpu_backward_elemt``) with a fake (meta) implementation, so ``torch.compile``
-and ``torch.export`` see them as opaque nodes with known output shapes; the core's
-autograd Function calls them through :func:`batchnorm.kernels.get`.
+``batchnorm::cpu_backward_elemt``), and so are the two optional entries that build the
+per-channel vectors in the call (``batchnorm::cpu_normalize_stats``,
+``batchnorm::cpu_backward_elemt_stats``), each with a fake (meta) implementation, so
+``torch.compile`` and ``torch.export`` see them as opaque nodes with known output shapes;
+the core's autograd Function calls them through :func:`batchnorm.kernels.get`.
+:func:`running_update` is the running-statistics update in one call (plain eager only).
 
 Chosen for CPU tensors of float32, float64 or bfloat16 (the ops also take float16, see
 ``FAST_DTYPES``) that are contiguous (NCHW, NCL, NCDHW, (N, C)) or have the channel axis

@@ -324,10 +324,8 @@ inline vf16 loadf(const f16* p) {
   return f;
 }
 inline void storef(float* p, vf16 v) { std::memcpy(p, &v, sizeof v); }
-inline void storef(bf16* p, vf16 v) {
-  for (int j = 0; j < 16; ++j) from_acc(v[j], p + j);
-}
-inline void storef(f16* p, vf16 v) {
+template <typename H>  // bf16, f16: rounded one by one (from_acc)
+inline void storef(H* p, vf16 v) {
   for (int j = 0; j < 16; ++j) from_acc(v[j], p + j);
 }
 
