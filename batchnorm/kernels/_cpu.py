@@ -224,7 +224,8 @@ def _normalize_stats_impl(
         scale = inv_std if w is None else w * inv_std
         shift = torch.zeros_like(inv_std) if b is None else b
         return _normalize_impl(x, axis, mean.to(torch.float64), scale, shift), inv_std
-    mean, var = mean.contiguous(), var.contiguous()
+    mean = mean if mean.is_contiguous() else mean.contiguous()
+    var = var if var.is_contiguous() else var.contiguous()
     y = torch.empty_like(x)
     inv_std = torch.empty(geo[1], dtype=acc)
     rc = lib.bn_normalize_stats(_DTYPE_CODE[x.dtype], x.data_ptr(), y.data_ptr(), *geo,
