@@ -498,16 +498,16 @@ class _BatchNormEval(torch.autograd.Function):
             inv_std = torch.rsqrt(running_var.to(acc_dtype(x.dtype)) + eps)
             scale, shift = _scale_shift(inv_std, weight, bias)
             y = kern.normalize(x, axis, running_mean.to(torch.float64), scale, shift)
-        # The running mean itself, as torch.nn saves it: changing it in place before the
-        # backward is an error autograd reports.
-        ctx.save_for_backward(x, weight, running_mean, inv_std)
         ctx.axis = axis
+        if not isinstance(ctx, _NoGradCtx):
+            # A float64 snapshot of the running mean: as with torch.nn, a later in-place update
+            # of the buffer (a train-mode forward before this backward) does not break the graph.
+            ctx.save_for_backward(x, weight, running_mean.to(torch.float64, copy=True), inv_std)
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         x, weight, mean, inv_std = ctx.saved_tensors
-        mean = mean.to(torch.float64)
         axis = ctx.axis
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         kern = kernels.NATIVE if torch.is_grad_enabled() else kernels.get(x, axis)
