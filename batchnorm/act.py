@@ -28,6 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from . import functional as F
 from . import kernels
+from .kernels import _native
 from .kernels._native import per_channel
 from .modules import BatchNorm, _FixedRank
 
@@ -68,7 +69,7 @@ class _BatchNormActTrain(torch.autograd.Function):
         kern = kernels.get(x, axis)
         mean, var = kern.stats(x, axis)
         inv_std = torch.rsqrt(var + eps)
-        scale, shift = F._scale_shift(inv_std, weight, bias)
+        scale, shift = _native.scale_shift(inv_std, weight, bias)
         z = _activate(kern.normalize(x, axis, mean, scale, shift), activation, param)
         ctx.save_for_backward(z, weight, bias, inv_std)
         ctx.axis, ctx.activation, ctx.param, ctx.count = (

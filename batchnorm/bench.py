@@ -234,12 +234,7 @@ def run(args: argparse.Namespace) -> int:
                     rows_all += json.load(f)["rows"]
                 os.unlink(tmp)
             print()
-        if not args.no_cold_start:
-            _print_cold()
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"rows": rows_all}, f, indent=1)
-        return 0
+        return _finish(args, rows_all)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
@@ -260,6 +255,11 @@ def run(args: argparse.Namespace) -> int:
             print(_line(rows[-1]), flush=True)
     for r in rows:
         r.update({"threads": torch.get_num_threads(), "allocator": setting, "dtype": args.dtype})
+    return _finish(args, rows)
+
+
+def _finish(args: argparse.Namespace, rows: list[dict]) -> int:
+    """The cold-start report (unless skipped) and the JSON rows (if asked for)."""
     if not args.no_cold_start:
         _print_cold()
     if args.json:

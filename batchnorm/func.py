@@ -84,7 +84,7 @@ def batch_norm(
         mean = running_mean.to(torch.float64)
         var = running_var.to(_native.acc_dtype(x.dtype))
     inv_std = torch.rsqrt(var + eps)
-    scale, shift = F._scale_shift(inv_std, weight, bias)
+    scale, shift = _native.scale_shift(inv_std, weight, bias)
     y = _native.normalize(x, axis, mean, scale, shift)
     if not training or running_mean is None:
         return y, running_mean, running_var

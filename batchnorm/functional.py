@@ -306,15 +306,6 @@ def running_stats_step(
 # --------------------------------------------------------------------------- step 2: normalize (+ autograd)
 
 
-def _scale_shift(
-    inv_std: Tensor, weight: Tensor | None, bias: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """``scale = gamma * inv_std`` and ``shift = beta`` in the statistics' dtype."""
-    scale = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
-    shift = torch.zeros_like(inv_std) if bias is None else bias.to(inv_std.dtype)
-    return scale, shift
-
-
 def inference_affine(
     running_mean: Tensor,
     running_var: Tensor,
@@ -352,7 +343,7 @@ def inference_affine(
                 "BN with eps=0 on a constant channel has no finite inference map: use eps > 0"
             )
         inv_std = torch.rsqrt(var)
-        scale, beta = _scale_shift(inv_std, weight, bias)
+        scale, beta = _native.scale_shift(inv_std, weight, bias)
         return scale, beta - running_mean.to(dtype) * scale  # (eq. 23)
 
 
@@ -413,7 +404,7 @@ class _BatchNormTrain(torch.autograd.Function):
                 y, inv_std = kern.normalize_stats(x, axis, mean, var, weight, bias, eps)
             else:
                 inv_std = torch.rsqrt(var + eps)
-                scale, shift = _scale_shift(inv_std, weight, bias)
+                scale, shift = _native.scale_shift(inv_std, weight, bias)
                 if correction is not None:
                     r, d = (t.to(inv_std.dtype) for t in correction(mean, var))
                     gamma = torch.ones_like(inv_std) if weight is None else weight.to(inv_std.dtype)
@@ -473,10 +464,10 @@ class _BatchNormTrain(torch.autograd.Function):
                 # The kernel set builds k, mean(dy) and the projection itself (the same bits).
                 return (kern.backward_elemt_stats(dy, x, axis, mean, inv_std, weight, sum_dy, sum_dy_xmu, m),
                         grad_w, grad_b, None, None, None, None, None, None)
-            k = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
+            k, mean_dy, proj = _native.dx_coefficients(inv_std, weight, sum_dy, sum_dy_xmu, m)
             if r is not None:
                 k = k * r  # d(x_hat * r)/dx with r constant: eq. 12 scaled by r
-            grad_x = kern.backward_elemt(dy, x, axis, mean, k, sum_dy / m, sum_dy_xmu / m * inv_std * inv_std)
+            grad_x = kern.backward_elemt(dy, x, axis, mean, k, mean_dy, proj)
             if mask is not None:
                 # A masked x enters no statistic: its gradient is the direct term k * dy alone.
                 zero = torch.zeros_like(k)
@@ -496,7 +487,7 @@ class _BatchNormEval(torch.autograd.Function):
             y, inv_std = kern.normalize_stats(x, axis, running_mean, running_var, weight, bias, eps)
         else:
             inv_std = torch.rsqrt(running_var.to(acc_dtype(x.dtype)) + eps)
-            scale, shift = _scale_shift(inv_std, weight, bias)
+            scale, shift = _native.scale_shift(inv_std, weight, bias)
             y = kern.normalize(x, axis, running_mean.to(torch.float64), scale, shift)
         ctx.axis = axis
         if not isinstance(ctx, _NoGradCtx):

@@ -221,8 +221,7 @@ def _normalize_stats_impl(
     if (geo is None or lib is None or x.dtype not in _DTYPE_CODE or mean.dtype not in _VEC_CODE
             or var.dtype not in _VEC_CODE):
         inv_std = torch.rsqrt(var.to(acc) + eps)
-        scale = inv_std if w is None else w * inv_std
-        shift = torch.zeros_like(inv_std) if b is None else b
+        scale, shift = _native.scale_shift(inv_std, w, b)
         return _normalize_impl(x, axis, mean.to(torch.float64), scale, shift), inv_std
     mean = mean if mean.is_contiguous() else mean.contiguous()
     var = var if var.is_contiguous() else var.contiguous()
@@ -252,8 +251,7 @@ def _backward_elemt_stats_impl(
     w = _opt_vec(weight, acc)
     inv_std, sum_dy, sum_dy_xmu = (_acc_vec(t, acc) for t in (inv_std, sum_dy, sum_dy_xmu))
     if geo is None or lib is None or x.dtype not in _DTYPE_CODE:
-        k = inv_std if w is None else w * inv_std
-        return _backward_elemt_impl(dy, x, axis, mean, k, sum_dy / count, sum_dy_xmu / count * inv_std * inv_std)
+        return _backward_elemt_impl(dy, x, axis, mean, *_native.dx_coefficients(inv_std, w, sum_dy, sum_dy_xmu, count))
     dy = _like(dy, x)
     mean = _acc_vec(mean, torch.float64)
     dx = torch.empty_like(x)

@@ -44,6 +44,26 @@ def center(x: torch.Tensor, axis: int, mean: torch.Tensor) -> torch.Tensor:
     return x_mu
 
 
+def scale_shift(
+    inv_std: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scale = gamma * inv_std`` and ``shift = beta`` in the statistics' dtype: the normalize
+    step's per-channel map (eq. 3-4) for the core and for any kernel's fallback."""
+    scale = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
+    shift = torch.zeros_like(inv_std) if bias is None else bias.to(inv_std.dtype)
+    return scale, shift
+
+
+def dx_coefficients(
+    inv_std: torch.Tensor, weight: torch.Tensor | None, sum_dy: torch.Tensor,
+    sum_dy_xmu: torch.Tensor, count: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """eq. 12's per-channel ``k = gamma * inv_std``, ``mean_dy = sum_dy / m`` and
+    ``proj = sum_dy_xmu / m * inv_std^2`` for :func:`backward_elemt`."""
+    k = inv_std if weight is None else weight.to(inv_std.dtype) * inv_std
+    return k, sum_dy / count, sum_dy_xmu / count * inv_std * inv_std
+
+
 def stats(x: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean (eq. 1, float64) and biased variance (eq. 2, accumulation dtype).
 

@@ -144,31 +144,50 @@ inline void my_range(int64_t total, int tid, int nth, int64_t* begin, int64_t* e
 // auto-vectoriser gives up on these float -> double reductions).
 typedef double vd8 __attribute__((vector_size(64)));
 typedef float vf8 __attribute__((vector_size(32)));
-typedef uint16_t vu16x8 __attribute__((vector_size(16)));
-typedef uint32_t vu32x8 __attribute__((vector_size(32)));
+typedef float vf16 __attribute__((vector_size(64)));
 
 inline vd8 load8(const double* p) {
   vd8 v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline vd8 load8(const float* p) {
-  vf8 v;
+// As many values of T as V has float lanes (V = vf8 or vf16).
+template <typename V>
+inline V loadv(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
-  return __builtin_convertvector(v, vd8);
+  return v;
 }
-inline vd8 load8(const bf16* p) {
-  vu16x8 h;
+// The 16-bit and 32-bit integer vectors with as many lanes as V.
+template <typename V> struct Lanes;
+template <> struct Lanes<vf8> {
+  typedef uint16_t H __attribute__((vector_size(16)));
+  typedef uint32_t U __attribute__((vector_size(32)));
+};
+template <> struct Lanes<vf16> {
+  typedef uint16_t H __attribute__((vector_size(32)));
+  typedef uint32_t U __attribute__((vector_size(64)));
+};
+template <typename V>
+inline V loadv(const bf16* p) {  // bf16 is the top half of a float
+  typedef typename Lanes<V>::H H;
+  typedef typename Lanes<V>::U U;
+  H h;
   std::memcpy(&h, p, sizeof h);
-  vu32x8 u = __builtin_convertvector(h, vu32x8) << 16;
-  vf8 f;
-  std::memcpy(&f, &u, sizeof f);
-  return __builtin_convertvector(f, vd8);
+  const U u = __builtin_convertvector(h, U) << 16;
+  V v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
 }
-inline vd8 load8(const f16* p) {
-  vf8 f;
-  for (int j = 0; j < 8; ++j) f[j] = to_acc(p[j]);
-  return __builtin_convertvector(f, vd8);
+template <typename V>
+inline V loadv(const f16* p) {
+  V v = {};
+  for (int j = 0; j < static_cast<int>(sizeof(V) / sizeof(float)); ++j) v[j] = to_acc(p[j]);
+  return v;
+}
+template <typename T>
+inline vd8 load8(const T* p) {
+  return __builtin_convertvector(loadv<vf8>(p), vd8);
 }
 inline double hsum(vd8 v) {
   double s = 0;
@@ -299,29 +318,12 @@ inline void interleaved_grad_sums(int64_t r0, int64_t r1, int64_t C, const T* dy
 // d = x - K in float32 rounds by at most kBlockRows * 2^-24 of sum |d| (d itself is exact
 // for x within a factor 2 of K); the tests hold the variance to 1e-6 relative of the float64
 // reference.
-typedef float vf16 __attribute__((vector_size(64)));
-typedef uint16_t vu16x16 __attribute__((vector_size(32)));
-typedef uint32_t vu32x16 __attribute__((vector_size(64)));
 constexpr int64_t kVec = 16;
 constexpr int64_t kBlockRows = 16;
 
-inline vf16 loadf(const float* p) {
-  vf16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline vf16 loadf(const bf16* p) {
-  vu16x16 h;
-  std::memcpy(&h, p, sizeof h);
-  vu32x16 u = __builtin_convertvector(h, vu32x16) << 16;
-  vf16 f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-inline vf16 loadf(const f16* p) {
-  vf16 f = {};
-  for (int j = 0; j < 16; ++j) f[j] = to_acc(p[j]);
-  return f;
+template <typename T>
+inline vf16 loadf(const T* p) {
+  return loadv<vf16>(p);
 }
 inline void storef(float* p, vf16 v) { std::memcpy(p, &v, sizeof v); }
 template <typename H>  // bf16, f16: rounded one by one (from_acc)
