@@ -318,9 +318,6 @@ backward_elemt_stats = _entry(cpu_backward_elemt_stats, _backward_elemt_stats_im
 
 # --------------------------------------------------------------------------- running update
 
-_RUNNING_CODE = {torch.float32: 0, torch.float64: 1}
-
-
 _F64 = (torch.float64,)
 _I64 = (torch.int64,)
 
@@ -353,11 +350,11 @@ def running_update(
     each step in the precision of the torch op it replaces (the same bits). Version counters
     are bumped as an in-place op would.
     """
-    if not (running_mean.dtype in _RUNNING_CODE
+    if not (running_mean.dtype in _VEC_CODE
             and running_var.dtype == running_mean.dtype
             and (momentum is None or type(momentum) in (float, int))
-            and _flat_cpu(running_mean, _RUNNING_CODE) and _flat_cpu(running_var, _RUNNING_CODE)
-            and _flat_cpu(mean, _F64) and _flat_cpu(var, _RUNNING_CODE)
+            and _flat_cpu(running_mean, _VEC_CODE) and _flat_cpu(running_var, _VEC_CODE)
+            and _flat_cpu(mean, _F64) and _flat_cpu(var, _VEC_CODE)
             and mean.numel() == var.numel() == running_mean.numel() == running_var.numel()
             and (num_batches_tracked is None or _counter(num_batches_tracked))
             and (skipped_updates is None or _counter(skipped_updates))
@@ -366,12 +363,11 @@ def running_update(
         return False
     lib = _cpu_build.load()
     cumulative = momentum is None
-    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    rc = lib.bn_running_update(_RUNNING_CODE[running_mean.dtype], running_mean.data_ptr(),
-                               running_var.data_ptr(), _RUNNING_CODE[var.dtype], mean.data_ptr(),
+    rc = lib.bn_running_update(_VEC_CODE[running_mean.dtype], running_mean.data_ptr(),
+                               running_var.data_ptr(), _VEC_CODE[var.dtype], mean.data_ptr(),
                                var.data_ptr(), mean.numel(), int(count),
                                0.0 if cumulative else float(momentum), int(cumulative),
-                               int(store_unbiased), ptr(num_batches_tracked), ptr(skipped_updates))
+                               int(store_unbiased), _ptr(num_batches_tracked), _ptr(skipped_updates))
     assert rc == 0, rc
     for t in (running_mean, running_var, num_batches_tracked, skipped_updates):
         if t is not None:
