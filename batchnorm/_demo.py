@@ -77,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         curve = train(mlp(use_bn), x, y, xt, yt, args.steps, args.lr, args.batch_size, g)
         results[name] = curve
-        print(f"{name:>10}: " + "  ".join(f"step {s}: acc {a:.3f}" for s, _, a in curve)
-              + f"   ({time.perf_counter() - t0:.1f} s)")
+        print(
+            f"{name:>10}: "
+            + "  ".join(f"step {s}: acc {a:.3f}" for s, _, a in curve)
+            + f"   ({time.perf_counter() - t0:.1f} s)"
+        )
     a0, a1 = results["without BN"][-1][2], results["with BN"][-1][2]
     print(f"\nFinal test accuracy: {a0:.3f} without BN, {a1:.3f} with BN.")
     print("The MNIST experiments of the articles: `batchnorm reproduce` (see README).")

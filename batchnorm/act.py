@@ -162,9 +162,16 @@ class BatchNormAct(BatchNorm):
             return _activate(super().forward(input, mask), self.activation, self.activation_param)
         self._check_input_dim(input)
         axis = F._check_inputs(
-            input, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum,
-            self.eps, self.axis,
-        )  # fmt: skip
+            input,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            True,
+            self.momentum,
+            self.eps,
+            self.axis,
+        )
         if self.weight is not None and bool((self.weight == 0).any()):
             raise ValueError(
                 "memory_efficient=True divides by gamma to recover x_hat, but a channel has weight 0 "
@@ -175,10 +182,16 @@ class BatchNormAct(BatchNorm):
         )
         if self.track_running_stats:
             F.update_running_stats(
-                self.running_mean, self.running_var, mean, var, input.numel() // input.shape[axis],
-                self.momentum, num_batches_tracked=self.num_batches_tracked,
-                store_unbiased=self.store_unbiased, skipped_updates=self.skipped_updates,
-            )  # fmt: skip
+                self.running_mean,
+                self.running_var,
+                mean,
+                var,
+                input.numel() // input.shape[axis],
+                self.momentum,
+                num_batches_tracked=self.num_batches_tracked,
+                store_unbiased=self.store_unbiased,
+                skipped_updates=self.skipped_updates,
+            )
         return z
 
     def extra_repr(self) -> str:

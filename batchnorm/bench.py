@@ -48,26 +48,40 @@ SHAPES: dict[str, tuple[tuple[int, ...], bool]] = {
     "4096x1024": ((4096, 1024), False),
 }
 MODES = {"train": 3, "eval": 2, "bwd": 5, "fwd+bwd": 8}  # mode -> passes over the tensor
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "float64": torch.float64}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's own setting)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's own setting)"
+    )
     parser.add_argument("--repeat", type=int, default=30, help="timed runs per cell (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs per cell")
-    parser.add_argument("--shapes", default=",".join(SHAPES),
-                        help=f"comma-separated subset of {', '.join(SHAPES)}")
+    parser.add_argument(
+        "--shapes", default=",".join(SHAPES), help=f"comma-separated subset of {', '.join(SHAPES)}"
+    )
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {', '.join(MODES)}")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--allocator", default="both", choices=["default", "tuned", "both", "inherit"],
-                        help="glibc malloc setting: default, tuned (GLIBC_TUNABLES keeping freed "
-                        "blocks), both (one child process each), inherit (this process as is)")
+    parser.add_argument(
+        "--allocator",
+        default="both",
+        choices=["default", "tuned", "both", "inherit"],
+        help="glibc malloc setting: default, tuned (GLIBC_TUNABLES keeping freed "
+        "blocks), both (one child process each), inherit (this process as is)",
+    )
     parser.add_argument("--quick", action="store_true", help="--repeat 7 --warmup 1, no cold start")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold-start report")
-    parser.add_argument("--stat", default="median", choices=["median", "min"],
-                        help="summary of the timed runs; min shows the machine without other load")
+    parser.add_argument(
+        "--stat",
+        default="median",
+        choices=["median", "min"],
+        help="summary of the timed runs; min shows the machine without other load",
+    )
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
 
 
@@ -93,7 +107,10 @@ def _cases(shape, channels_last, dtype, mode):
     b = torch.randn(C, generator=g)
     stats = {k: (torch.zeros(C), torch.ones(C)) for k in ("torch", "ours")}
     dst = torch.empty_like(x)
-    copy = lambda: dst.copy_(x)  # noqa: E731
+
+    def copy():
+        return dst.copy_(x)
+
     fns = {"torch": torch.nn.functional.batch_norm, "ours": BF.batch_norm}
     out = []
     for who in ("torch", "ours"):
@@ -103,24 +120,32 @@ def _cases(shape, channels_last, dtype, mode):
         elif mode == "eval":
             out.append(lambda f=f, rm=rm, rv=rv: f(x, rm, rv, w, b, False))
         else:
-            xg, wg, bg = x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
+            xg, wg, bg = (
+                x.clone().requires_grad_(),
+                w.clone().requires_grad_(),
+                b.clone().requires_grad_(),
+            )
             dy = torch.randn(shape, generator=g).to(dtype)
             if channels_last:
                 dy = dy.contiguous(memory_format=torch.channels_last)
             if mode == "fwd+bwd":
+
                 def step(f=f, rm=rm, rv=rv, xg=xg, wg=wg, bg=bg, dy=dy):
                     y = f(xg, rm, rv, wg, bg, True)
                     return torch.autograd.grad(y, (xg, wg, bg), dy)
             else:  # bwd alone: one forward kept, its graph replayed
                 y = f(xg, rm, rv, wg, bg, True)
+
                 def step(y=y, xg=xg, wg=wg, bg=bg, dy=dy):
                     return torch.autograd.grad(y, (xg, wg, bg), dy, retain_graph=True)
+
             out.append(step)
     return out[0], out[1], copy
 
 
-def measure(name: str, mode: str, dtype: torch.dtype, repeat: int, warmup: int,
-            stat: str = "median") -> dict:
+def measure(
+    name: str, mode: str, dtype: torch.dtype, repeat: int, warmup: int, stat: str = "median"
+) -> dict:
     """One table row: medians (or minima) of interleaved runs of torch, ours and the copy."""
     from . import kernels
 
@@ -142,13 +167,20 @@ def measure(name: str, mode: str, dtype: torch.dtype, repeat: int, warmup: int,
     nbytes = x_probe.numel() * x_probe.element_size()
     floor_ms = MODES[mode] / 2 * copy_ms
     return {
-        "shape": name, "mode": mode, "kernel": path, "stat": stat,
-        "torch_ms": pick(tt), "ours_ms": ours_ms,
+        "shape": name,
+        "mode": mode,
+        "kernel": path,
+        "stat": stat,
+        "torch_ms": pick(tt),
+        "ours_ms": ours_ms,
         # median: of the paired ratios; min: of the two fastest runs
         "ratio": statistics.median(ratios) if stat == "median" else pick(tt) / ours_ms,
         "copy_gbs": 2 * nbytes / copy_ms / 1e6,
-        "floor_ms": floor_ms, "floor_pct": 100 * floor_ms / ours_ms,
-        "torch_min_ms": min(tt), "ours_min_ms": min(to), "copy_min_ms": min(tc),
+        "floor_ms": floor_ms,
+        "floor_pct": 100 * floor_ms / ours_ms,
+        "torch_min_ms": min(tt),
+        "ours_min_ms": min(to),
+        "copy_min_ms": min(tc),
     }
 
 
@@ -175,9 +207,16 @@ print(json.dumps({"import_torch_ms": (t1 - t0) * 1e3, "import_batchnorm_ms": (t2
 def cold_start() -> dict:
     """First-call cost in a new process with the build cached, and a fresh build's time."""
     env = dict(os.environ)
-    run = lambda e: json.loads(subprocess.run(  # noqa: E731
-        [sys.executable, "-c", _COLD], env=e, capture_output=True, text=True, check=True
-    ).stdout.strip().splitlines()[-1])
+
+    def run(e):
+        return json.loads(
+            subprocess.run(
+                [sys.executable, "-c", _COLD], env=e, capture_output=True, text=True, check=True
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+
     run(env)  # make sure the cache is warm
     cached = run(env)
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,19 +227,40 @@ def cold_start() -> dict:
 # --------------------------------------------------------------------------- driver
 
 
-COLUMNS = (f"{'shape':<18} {'mode':<8} {'torch ms':>9} {'ours ms':>9} {'ratio':>6} "
-           f"{'floor ms':>9} {'% floor':>8} {'copy GB/s':>10}  kernel")
+COLUMNS = (
+    f"{'shape':<18} {'mode':<8} {'torch ms':>9} {'ours ms':>9} {'ratio':>6} "
+    f"{'floor ms':>9} {'% floor':>8} {'copy GB/s':>10}  kernel"
+)
 
 
 def _line(r: dict) -> str:
-    return (f"{r['shape']:<18} {r['mode']:<8} {r['torch_ms']:>9.2f} {r['ours_ms']:>9.2f} "
-            f"{r['ratio']:>5.2f}x {r['floor_ms']:>9.2f} {r['floor_pct']:>7.0f}% {r['copy_gbs']:>10.1f}  {r['kernel']}")
+    return (
+        f"{r['shape']:<18} {r['mode']:<8} {r['torch_ms']:>9.2f} {r['ours_ms']:>9.2f} "
+        f"{r['ratio']:>5.2f}x {r['floor_ms']:>9.2f} {r['floor_pct']:>7.0f}% {r['copy_gbs']:>10.1f}  {r['kernel']}"
+    )
 
 
 def _child_args(args: argparse.Namespace, allocator: str) -> list[str]:
-    out = [sys.executable, "-m", "batchnorm.bench", "--allocator", "inherit", "--no-cold-start",
-           "--repeat", str(args.repeat), "--warmup", str(args.warmup), "--shapes", args.shapes,
-           "--modes", args.modes, "--dtype", args.dtype, "--stat", args.stat]
+    out = [
+        sys.executable,
+        "-m",
+        "batchnorm.bench",
+        "--allocator",
+        "inherit",
+        "--no-cold-start",
+        "--repeat",
+        str(args.repeat),
+        "--warmup",
+        str(args.warmup),
+        "--shapes",
+        args.shapes,
+        "--modes",
+        args.modes,
+        "--dtype",
+        args.dtype,
+        "--stat",
+        args.stat,
+    ]
     if args.threads:
         out += ["--threads", str(args.threads)]
     return out
@@ -212,8 +272,10 @@ def run(args: argparse.Namespace) -> int:
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     bad_modes = [m for m in args.modes.split(",") if m not in MODES]
     if unknown or bad_modes:
-        raise ValueError(f"unknown shapes {unknown} or modes {bad_modes}; choose from "
-                         f"{', '.join(SHAPES)} and {', '.join(MODES)}")
+        raise ValueError(
+            f"unknown shapes {unknown} or modes {bad_modes}; choose from "
+            f"{', '.join(SHAPES)} and {', '.join(MODES)}"
+        )
     if args.allocator in ("default", "tuned", "both"):
         settings = ["default", "tuned"] if args.allocator == "both" else [args.allocator]
         rows_all = []
@@ -243,10 +305,12 @@ def run(args: argparse.Namespace) -> int:
     from .kernels import _cpu_build
 
     kernels.get(torch.empty(2, 2), 1)  # build or load before any timing
-    header = (f"batchnorm bench: {args.dtype}, {torch.get_num_threads()} threads, torch "
-              f"{torch.__version__}, allocator GLIBC_TUNABLES={setting}, {args.stat} of {args.repeat} "
-              f"(warm-up {args.warmup}); ratio = torch / ours; floor = passes/2 x copy time "
-              f"(train 3, eval 2, bwd 5, fwd+bwd 8)\nfast kernels: {_cpu_build.status()}")
+    header = (
+        f"batchnorm bench: {args.dtype}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, allocator GLIBC_TUNABLES={setting}, {args.stat} of {args.repeat} "
+        f"(warm-up {args.warmup}); ratio = torch / ours; floor = passes/2 x copy time "
+        f"(train 3, eval 2, bwd 5, fwd+bwd 8)\nfast kernels: {_cpu_build.status()}"
+    )
     rows = []
     print(header, COLUMNS, sep="\n", flush=True)
     for name in args.shapes.split(","):
@@ -271,10 +335,12 @@ def _finish(args: argparse.Namespace, rows: list[dict]) -> int:
 def _print_cold() -> None:
     c = cold_start()
     for label, d in (("cached build", c["cached"]), ("fresh cache (compiles)", c["fresh_cache"])):
-        print(f"cold start, new process, {label}: import torch {d['import_torch_ms']:.0f} ms, "
-              f"import batchnorm {d['import_batchnorm_ms']:.0f} ms, first BatchNorm2d call "
-              f"{d['first_call_ms']:.1f} ms (second {d['second_call_ms']:.2f} ms), kernel "
-              f"{d['kernel']}: {d['status']}")
+        print(
+            f"cold start, new process, {label}: import torch {d['import_torch_ms']:.0f} ms, "
+            f"import batchnorm {d['import_batchnorm_ms']:.0f} ms, first BatchNorm2d call "
+            f"{d['first_call_ms']:.1f} ms (second {d['second_call_ms']:.2f} ms), kernel "
+            f"{d['kernel']}: {d['status']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

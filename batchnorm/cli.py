@@ -13,12 +13,30 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("batchnorm._demo", "train a small sigmoid network with and without BN on data it makes"),
-    "bench": ("batchnorm.bench", "time our CPU batch norm against torch's and the memory-bandwidth floor"),
-    "build-kernels": ("batchnorm.kernels._cpu_build", "compile the fast CPU kernels ahead of time (cached)"),
-    "doctor": ("batchnorm.doctor", "find batch-norm mistakes in a model (module:function returning it)"),
-    "reproduce": ("batchnorm.experiments.reproduce", "run the articles' experiments on MNIST; write report.md/.html"),
-    "train": ("batchnorm.experiments.train_cli", "train one experiment config (options or a preset file)"),
+    "demo": (
+        "batchnorm._demo",
+        "train a small sigmoid network with and without BN on data it makes",
+    ),
+    "bench": (
+        "batchnorm.bench",
+        "time our CPU batch norm against torch's and the memory-bandwidth floor",
+    ),
+    "build-kernels": (
+        "batchnorm.kernels._cpu_build",
+        "compile the fast CPU kernels ahead of time (cached)",
+    ),
+    "doctor": (
+        "batchnorm.doctor",
+        "find batch-norm mistakes in a model (module:function returning it)",
+    ),
+    "reproduce": (
+        "batchnorm.experiments.reproduce",
+        "run the articles' experiments on MNIST; write report.md/.html",
+    ),
+    "train": (
+        "batchnorm.experiments.train_cli",
+        "train one experiment config (options or a preset file)",
+    ),
 }
 
 

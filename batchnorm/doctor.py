@@ -42,9 +42,28 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = ["Finding", "diagnose", "format_findings"]
 
 _LINEAR = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.LazyLinear)
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU,
-                nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish,
-                nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid)  # fmt: skip
+_ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
+)
 _DROPOUT = (
     nn.Dropout,
     nn.Dropout1d,
@@ -119,21 +138,39 @@ def _check_buffers(name: str, bn: _BatchNorm) -> list[Finding]:
     rv, rm = bn.running_var.detach().double(), bn.running_mean.detach().double()
     bad = ~torch.isfinite(rv) | ~torch.isfinite(rm)
     if bad.any():
-        out.append(Finding("running-var", "error", name,
-                           f"running statistics are NaN/inf in channels {torch.nonzero(bad).flatten().tolist()[:8]}.",
-                           "recompute them (batchnorm population statistics) or reset_running_stats() and retrain"))  # fmt: skip
+        out.append(
+            Finding(
+                "running-var",
+                "error",
+                name,
+                f"running statistics are NaN/inf in channels {torch.nonzero(bad).flatten().tolist()[:8]}.",
+                "recompute them (batchnorm population statistics) or reset_running_stats() and retrain",
+            )
+        )
     nonpos = torch.isfinite(rv) & (rv <= 0)
     if nonpos.any():
-        out.append(Finding("running-var", "error", name,
-                           f"running_var is zero or negative in channels {torch.nonzero(nonpos).flatten().tolist()[:8]}: "
-                           f"those channels are divided by sqrt(eps) = {math.sqrt(bn.eps):.3g} at inference.",
-                           "recompute the statistics on real data; a channel that is constant in training is dead"))  # fmt: skip
+        out.append(
+            Finding(
+                "running-var",
+                "error",
+                name,
+                f"running_var is zero or negative in channels {torch.nonzero(nonpos).flatten().tolist()[:8]}: "
+                f"those channels are divided by sqrt(eps) = {math.sqrt(bn.eps):.3g} at inference.",
+                "recompute the statistics on real data; a channel that is constant in training is dead",
+            )
+        )
     tiny = torch.isfinite(rv) & (rv > 0) & (rv < bn.eps)
     if tiny.any():
-        out.append(Finding("running-var", "warning", name,
-                           f"running_var < eps = {bn.eps:g} in channels {torch.nonzero(tiny).flatten().tolist()[:8]} "
-                           f"(min {rv[tiny].min().item():.3g}): eps, not the data, sets their scale.",
-                           "check for dead channels, or for statistics that were never updated"))  # fmt: skip
+        out.append(
+            Finding(
+                "running-var",
+                "warning",
+                name,
+                f"running_var < eps = {bn.eps:g} in channels {torch.nonzero(tiny).flatten().tolist()[:8]} "
+                f"(min {rv[tiny].min().item():.3g}): eps, not the data, sets their scale.",
+                "check for dead channels, or for statistics that were never updated",
+            )
+        )
     return out
 
 
@@ -198,8 +235,15 @@ def diagnose(
             except ValueError as err:
                 if not any(isinstance(m, _BatchNorm) and m.training for m in work.modules()):
                     raise
-                findings.append(Finding("batch-of-one", "error", "", f"the forward pass failed in training mode: {err}",
-                                        "train with batches of at least 2, or call model.eval() for inference"))  # fmt: skip
+                findings.append(
+                    Finding(
+                        "batch-of-one",
+                        "error",
+                        "",
+                        f"the forward pass failed in training mode: {err}",
+                        "train with batches of at least 2, or call model.eval() for inference",
+                    )
+                )
                 order.clear()
                 work.eval()  # structure and order only; the modes checked below are the model's own
                 work(*args)
@@ -223,41 +267,77 @@ def diagnose(
             and getattr(src, "bias", None) is not None
             and out_features == bn.num_features
         ):
-            here.append(Finding("bias-before-bn", "warning", names[src],
-                                f"{type(src).__name__} {names[src]!r} has a bias and feeds {name!r}: BN subtracts the "
-                                "mean, so the bias cancels and only costs parameters (BN's beta replaces it).",
-                                f"construct {names[src]!r} with bias=False"))  # fmt: skip
+            here.append(
+                Finding(
+                    "bias-before-bn",
+                    "warning",
+                    names[src],
+                    f"{type(src).__name__} {names[src]!r} has a bias and feeds {name!r}: BN subtracts the "
+                    "mean, so the bias cancels and only costs parameters (BN's beta replaces it).",
+                    f"construct {names[src]!r} with bias=False",
+                )
+            )
         if isinstance(src, _ACTIVATIONS):
-            here.append(Finding("bn-after-activation", "warning", name,
-                                f"{name!r} normalizes the output of {type(src).__name__} {names[src]!r}; the paper "
-                                "normalizes the pre-activation, BN(Wu) then the non-linearity.",
-                                f"move {name!r} before {names[src]!r} (conv/linear -> BN -> activation)"))  # fmt: skip
+            here.append(
+                Finding(
+                    "bn-after-activation",
+                    "warning",
+                    name,
+                    f"{name!r} normalizes the output of {type(src).__name__} {names[src]!r}; the paper "
+                    "normalizes the pre-activation, BN(Wu) then the non-linearity.",
+                    f"move {name!r} before {names[src]!r} (conv/linear -> BN -> activation)",
+                )
+            )
         if isinstance(src, _DROPOUT):
-            here.append(Finding("dropout-before-bn", "warning", name,
-                                f"{type(src).__name__} {names[src]!r} feeds {name!r}: dropout changes the variance "
-                                "between training and inference, so BN's running variance no longer matches at test time.",
-                                "put dropout after the last BN (e.g. before the classifier), or drop it: BN regularizes"))  # fmt: skip
+            here.append(
+                Finding(
+                    "dropout-before-bn",
+                    "warning",
+                    name,
+                    f"{type(src).__name__} {names[src]!r} feeds {name!r}: dropout changes the variance "
+                    "between training and inference, so BN's running variance no longer matches at test time.",
+                    "put dropout after the last BN (e.g. before the classifier), or drop it: BN regularizes",
+                )
+            )
         if bn.momentum is not None and bn.momentum >= 0.5:
-            here.append(Finding("momentum-convention", "warning", name,
-                                f"momentum={bn.momentum} weighs the *new* batch in torch (running = (1 - m) * running "
-                                "+ m * batch), so the running statistics follow the last few batches; 0.9/0.99 is "
-                                "the Keras convention, where momentum weighs the old value.",
-                                f"use momentum={1 - bn.momentum:.3g} (the torch equivalent) or the default 0.1"))  # fmt: skip
+            here.append(
+                Finding(
+                    "momentum-convention",
+                    "warning",
+                    name,
+                    f"momentum={bn.momentum} weighs the *new* batch in torch (running = (1 - m) * running "
+                    "+ m * batch), so the running statistics follow the last few batches; 0.9/0.99 is "
+                    "the Keras convention, where momentum weighs the old value.",
+                    f"use momentum={1 - bn.momentum:.3g} (the torch equivalent) or the default 0.1",
+                )
+            )
         if weights_from is not None and not math.isclose(
             bn.eps, _EPS_BY_ORIGIN[weights_from], rel_tol=0.01
         ):
-            here.append(Finding("eps-origin", "warning", name,
-                                f"eps={bn.eps:g}, but weights trained with {weights_from} use eps="
-                                f"{_EPS_BY_ORIGIN[weights_from]:g} by default (heuristic: check the original model's "
-                                "eps); a different eps changes every channel with small variance.",
-                                f"construct {name!r} with eps={_EPS_BY_ORIGIN[weights_from]:g} (or the original value)"))  # fmt: skip
+            here.append(
+                Finding(
+                    "eps-origin",
+                    "warning",
+                    name,
+                    f"eps={bn.eps:g}, but weights trained with {weights_from} use eps="
+                    f"{_EPS_BY_ORIGIN[weights_from]:g} by default (heuristic: check the original model's "
+                    "eps); a different eps changes every channel with small variance.",
+                    f"construct {name!r} with eps={_EPS_BY_ORIGIN[weights_from]:g} (or the original value)",
+                )
+            )
         eps_values.setdefault(bn.eps, []).append(name)
         if training and (inference or not modes.get("", True)):
             why = "inference=True was asked" if inference else "the model itself is in eval mode"
-            here.append(Finding("train-mode-inference", "error", name,
-                                f"{name!r} is in training mode but {why}: it normalizes with each batch's "
-                                "statistics and keeps moving its running statistics.",
-                                "call model.eval() after any .train() call (a later .train() on a submodule undoes it)"))  # fmt: skip
+            here.append(
+                Finding(
+                    "train-mode-inference",
+                    "error",
+                    name,
+                    f"{name!r} is in training mode but {why}: it normalizes with each batch's "
+                    "statistics and keeps moving its running statistics.",
+                    "call model.eval() after any .train() call (a later .train() on a submodule undoes it)",
+                )
+            )
         frozen = [p for p in (bn.weight, bn.bias) if p is not None]
         if (
             training
@@ -266,22 +346,40 @@ def diagnose(
             and not any(p.requires_grad for p in frozen)
             and getattr(bn, "stats_mode", None) in (None, "batch")  # "running"/"frozen": no update
         ):
-            here.append(Finding("frozen-bn-updating", "warning", name,
-                                f"{name!r} has frozen gamma/beta (requires_grad=False) but is in training mode, so its "
-                                "running statistics still change with every batch.",
-                                f"call model.{name}.eval() after model.train() (or use a frozen BN layer)"))  # fmt: skip
+            here.append(
+                Finding(
+                    "frozen-bn-updating",
+                    "warning",
+                    name,
+                    f"{name!r} has frozen gamma/beta (requires_grad=False) but is in training mode, so its "
+                    "running statistics still change with every batch.",
+                    f"call model.{name}.eval() after model.train() (or use a frozen BN layer)",
+                )
+            )
         if training and x is not None and x.ndim >= 2 and x.shape[0] == 1:
             per_channel = x.numel() // max(x.shape[getattr(bn, "axis", 1)], 1)
             if per_channel == 1:
-                here.append(Finding("batch-of-one", "error", name,
-                                    f"{name!r} receives a batch of 1 with one value per channel in training mode: "
-                                    "every output is beta and the variance is undefined.",
-                                    "use batches of at least 2, or call model.eval() for single samples"))  # fmt: skip
+                here.append(
+                    Finding(
+                        "batch-of-one",
+                        "error",
+                        name,
+                        f"{name!r} receives a batch of 1 with one value per channel in training mode: "
+                        "every output is beta and the variance is undefined.",
+                        "use batches of at least 2, or call model.eval() for single samples",
+                    )
+                )
             else:
-                here.append(Finding("batch-of-one", "warning", name,
-                                    f"{name!r} receives a batch of 1 in training mode: its statistics are those of "
-                                    f"one sample's {per_channel} positions, not of the data.",
-                                    "use batches of at least 2 (and more than a handful), or model.eval()"))  # fmt: skip
+                here.append(
+                    Finding(
+                        "batch-of-one",
+                        "warning",
+                        name,
+                        f"{name!r} receives a batch of 1 in training mode: its statistics are those of "
+                        f"one sample's {per_channel} positions, not of the data.",
+                        "use batches of at least 2 (and more than a handful), or model.eval()",
+                    )
+                )
         here += _check_buffers(name, dict(model.named_modules()).get(name, bn))
         findings += here
     if any(f.code == "batch-of-one" and f.module for f in findings):
@@ -292,11 +390,17 @@ def diagnose(
             f"eps={e:g}: {', '.join(ns[:3])}{' ...' if len(ns) > 3 else ''}"
             for e, ns in eps_values.items()
         )
-        findings.append(Finding("eps-origin", "info", "",
-                                f"the BN layers use different eps values ({detail}). Heuristic: this happens when "
-                                "weights from another framework (Keras: 1e-3, torch: 1e-5) meet layers built with "
-                                "this one's default.",
-                                "give every layer the eps its weights were trained with (weights_from= checks it)"))  # fmt: skip
+        findings.append(
+            Finding(
+                "eps-origin",
+                "info",
+                "",
+                f"the BN layers use different eps values ({detail}). Heuristic: this happens when "
+                "weights from another framework (Keras: 1e-3, torch: 1e-5) meet layers built with "
+                "this one's default.",
+                "give every layer the eps its weights were trained with (weights_from= checks it)",
+            )
+        )
     located = []
     for f in findings:
         loc = _location(model, f.module) if f.module else None

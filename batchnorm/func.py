@@ -89,17 +89,29 @@ def batch_norm(
     if not training or running_mean is None:
         return y, running_mean, running_var
     new_mean, new_var = F.running_stats_step(
-        running_mean, running_var, mean.detach(), var.detach(), x.numel() // x.shape[axis], momentum,
+        running_mean,
+        running_var,
+        mean.detach(),
+        var.detach(),
+        x.numel() // x.shape[axis],
+        momentum,
         store_unbiased=store_unbiased,
-    )  # fmt: skip
+    )
     return y, new_mean, new_var
 
 
 def _plain_bn(module: torch.nn.Module) -> bool:
     from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
-    plain = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d,
-             torch.nn.BatchNorm3d)  # fmt: skip
+    plain = (
+        BatchNorm,
+        BatchNorm1d,
+        BatchNorm2d,
+        BatchNorm3d,
+        torch.nn.BatchNorm1d,
+        torch.nn.BatchNorm2d,
+        torch.nn.BatchNorm3d,
+    )
     return type(module) in plain
 
 
@@ -133,12 +145,17 @@ def functional_call(
                 )
             use_batch = module.training or module.running_mean is None
             y, rm, rv = batch_norm(
-                input, module.weight, module.bias,
+                input,
+                module.weight,
+                module.bias,
                 module.running_mean if (update or not use_batch) else None,
                 module.running_var if (update or not use_batch) else None,
-                use_batch, 0.1 if module.momentum is None else module.momentum, module.eps,
-                getattr(module, "axis", 1), store_unbiased=getattr(module, "store_unbiased", True),
-            )  # fmt: skip
+                use_batch,
+                0.1 if module.momentum is None else module.momentum,
+                module.eps,
+                getattr(module, "axis", 1),
+                store_unbiased=getattr(module, "store_unbiased", True),
+            )
             if update:
                 prefix = f"{name}." if name else ""
                 new[prefix + "running_mean"], new[prefix + "running_var"] = rm, rv

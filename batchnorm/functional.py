@@ -165,7 +165,9 @@ def _prepare_mask(mask: Tensor, input: Tensor, axis: int) -> Tensor:
             f"{getattr(mask, 'dtype', type(mask).__name__)}; e.g. mask = lengths[:, None] > torch.arange(L)"
         )
     if mask.device != input.device:
-        raise ValueError(f"mask is on {mask.device} but the input is on {input.device}; move it with mask.to(x.device)")
+        raise ValueError(
+            f"mask is on {mask.device} but the input is on {input.device}; move it with mask.to(x.device)"
+        )
     without_channel = input.shape[:axis] + input.shape[axis + 1 :]
     try:
         mask = torch.broadcast_to(mask, without_channel)
@@ -244,8 +246,15 @@ def update_running_stats(
             "batches have been averaged; pass the module's num_batches_tracked buffer"
         )
     if kernels.enabled() and _cpu.running_update(
-        running_mean, running_var, mean, var, count, momentum, num_batches_tracked,
-        store_unbiased, skipped_updates,
+        running_mean,
+        running_var,
+        mean,
+        var,
+        count,
+        momentum,
+        num_batches_tracked,
+        store_unbiased,
+        skipped_updates,
     ):
         return  # the same rule in one call of the CPU kernels
     with torch.no_grad():
@@ -260,7 +269,14 @@ def update_running_stats(
         else:
             factor = momentum
         new_mean, new_var = running_stats_step(
-            running_mean, running_var, mean, var, count, factor, store_unbiased=store_unbiased, ok=ok
+            running_mean,
+            running_var,
+            mean,
+            var,
+            count,
+            factor,
+            store_unbiased=store_unbiased,
+            ok=ok,
         )
         running_mean.copy_(new_mean)
         running_var.copy_(new_var)
@@ -372,9 +388,18 @@ class _BatchNormTrain(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int,
-                mask: Tensor | None = None, correction=None, count: int | None = None,
-                process_group=None):
+    def forward(
+        ctx,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        axis: int,
+        mask: Tensor | None = None,
+        correction=None,
+        count: int | None = None,
+        process_group=None,
+    ):
         kern = kernels.get(x, axis)
         if count is None:
             count = x.numel() // x.shape[axis] if mask is None else int(mask.sum())
@@ -382,7 +407,11 @@ class _BatchNormTrain(torch.autograd.Function):
         if process_group is not None:
             # This rank's statistics (zeros if it holds no value), merged over the ranks.
             if count > 0:
-                mean, var = kern.stats(x, axis) if mask is None else _native.masked_stats(x, axis, mask, count)
+                mean, var = (
+                    kern.stats(x, axis)
+                    if mask is None
+                    else _native.masked_stats(x, axis, mask, count)
+                )
             else:
                 mean = x.new_zeros(x.shape[axis], dtype=torch.float64)
                 var = x.new_zeros(x.shape[axis], dtype=acc_dtype(x.dtype))
@@ -423,8 +452,17 @@ class _BatchNormTrain(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if m == 0:
             zeros = lambda t: None if t is None else torch.zeros_like(t)  # noqa: E731
-            return (dy.clone() if need_x else None, zeros(weight) if need_w else None,
-                    zeros(weight) if need_b else None, None, None, None, None, None, None)
+            return (
+                dy.clone() if need_x else None,
+                zeros(weight) if need_w else None,
+                zeros(weight) if need_b else None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
         if torch.is_grad_enabled() and group is not None:
             raise RuntimeError(
                 "double backward (create_graph=True) through synchronized batch norm is not "
@@ -435,7 +473,9 @@ class _BatchNormTrain(torch.autograd.Function):
             # create_graph=True: recompute the statistics from x with differentiable ops so the
             # double backward sees how mean and inv_std depend on x.
             kern = kernels.NATIVE
-            mean, var = kern.stats(x, axis) if mask is None else _native.masked_stats(x, axis, mask, m)
+            mean, var = (
+                kern.stats(x, axis) if mask is None else _native.masked_stats(x, axis, mask, m)
+            )
             inv_std = torch.rsqrt(var + ctx.eps)
         else:
             kern = kernels.get(x, axis)
@@ -462,8 +502,19 @@ class _BatchNormTrain(torch.autograd.Function):
             # (eq. 12) dx = k * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
             if r is None and mask is None and kern.backward_elemt_stats is not None:
                 # The kernel set builds k, mean(dy) and the projection itself (the same bits).
-                return (kern.backward_elemt_stats(dy, x, axis, mean, inv_std, weight, sum_dy, sum_dy_xmu, m),
-                        grad_w, grad_b, None, None, None, None, None, None)
+                return (
+                    kern.backward_elemt_stats(
+                        dy, x, axis, mean, inv_std, weight, sum_dy, sum_dy_xmu, m
+                    ),
+                    grad_w,
+                    grad_b,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
             k, mean_dy, proj = _native.dx_coefficients(inv_std, weight, sum_dy, sum_dy_xmu, m)
             if r is not None:
                 k = k * r  # d(x_hat * r)/dx with r constant: eq. 12 scaled by r
@@ -471,7 +522,9 @@ class _BatchNormTrain(torch.autograd.Function):
             if mask is not None:
                 # A masked x enters no statistic: its gradient is the direct term k * dy alone.
                 zero = torch.zeros_like(k)
-                grad_x = torch.where(mask, grad_x, kern.backward_elemt(dy, x, axis, mean, k, zero, zero))
+                grad_x = torch.where(
+                    mask, grad_x, kern.backward_elemt(dy, x, axis, mean, k, zero, zero)
+                )
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
@@ -531,14 +584,17 @@ def _apply(fn: type[torch.autograd.Function], *args):
     no tensor argument requiring grad, in plain eager mode. The autograd.Function machinery
     costs about 20-30 us per call, as much as the kernels of a small layer."""
     if (
-        not torch.is_grad_enabled() or not any(isinstance(a, Tensor) and a.requires_grad for a in args)
+        not torch.is_grad_enabled()
+        or not any(isinstance(a, Tensor) and a.requires_grad for a in args)
     ) and _cpu._plain_eager(args[0]):
         with torch.no_grad():
             return fn.forward(_NoGradCtx(), *args)
     return fn.apply(*args)
 
 
-def _small_batch_running(input, weight, bias, running_mean, running_var, eps: float, axis: int) -> Tensor:
+def _small_batch_running(
+    input, weight, bias, running_mean, running_var, eps: float, axis: int
+) -> Tensor:
     """``small_batch="running"``: normalize a one-value batch with the running statistics."""
     if running_mean is None:
         raise ValueError(
@@ -637,7 +693,16 @@ def batch_norm(
         >>> y = batch_norm(x, rm, rv, training=True)
     """
     axis = _check_inputs(
-        input, running_mean, running_var, weight, bias, training, momentum, eps, axis, check_count=False
+        input,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        training,
+        momentum,
+        eps,
+        axis,
+        check_count=False,
     )
     if small_batch not in SMALL_BATCH_POLICIES:
         raise ValueError(f"small_batch must be one of {SMALL_BATCH_POLICIES}, got {small_batch!r}")
@@ -655,17 +720,23 @@ def batch_norm(
                 if small_batch == "raise":
                     raise _one_global_value_error(input, axis)
                 if small_batch == "running":
-                    return _small_batch_running(input, weight, bias, running_mean, running_var, eps, axis)
+                    return _small_batch_running(
+                        input, weight, bias, running_mean, running_var, eps, axis
+                    )
                 return y  # "skip"
         elif count == 1:
             if small_batch == "raise":
                 raise _one_value_error(input, axis, "" if mask is None else " valid")
             if small_batch == "running":
-                return _small_batch_running(input, weight, bias, running_mean, running_var, eps, axis)
+                return _small_batch_running(
+                    input, weight, bias, running_mean, running_var, eps, axis
+                )
             # "skip": Algorithm 1 as written (var = 0, y = beta), no running update.
             return _BatchNormTrain.apply(input, weight, bias, eps, axis, mask, correction, count)[0]
         else:
-            y, mean, var = _apply(_BatchNormTrain, input, weight, bias, eps, axis, mask, correction, count)
+            y, mean, var = _apply(
+                _BatchNormTrain, input, weight, bias, eps, axis, mask, correction, count
+            )
         if running_mean is not None and count > 0:
             update_running_stats(
                 running_mean,
@@ -703,7 +774,9 @@ def moments(x: Tensor, axes: Sequence[int], keepdims: bool = False) -> tuple[Ten
         >>> mean, var = moments(torch.randn(8, 4, 4, 3), axes=[0, 1, 2])
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"moments expects a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+        raise TypeError(
+            f"moments expects a floating-point tensor, got {getattr(x, 'dtype', type(x))}"
+        )
     axes = tuple(_normalize_axis(a, x.ndim) for a in axes)
     if not axes:
         raise ValueError("moments needs at least one axis to reduce over, got axes=[]")
@@ -736,7 +809,9 @@ def batch_normalization(
         The normalized tensor, in ``x``'s dtype.
     """
     if not variance_epsilon > 0:
-        raise ValueError(f"variance_epsilon must be > 0, got {variance_epsilon} (Keras's default is 1e-3)")
+        raise ValueError(
+            f"variance_epsilon must be > 0, got {variance_epsilon} (Keras's default is 1e-3)"
+        )
     inv = torch.rsqrt(variance + variance_epsilon)
     if scale is not None:
         inv = inv * scale

@@ -141,13 +141,25 @@ def ghost_batch_norm(
         w = torch.tensor([s / n for s in sizes], dtype=var.dtype, device=var.device)[:, None]
         if store_unbiased:
             # (eq. 16) per ghost, with m_k = n_k * per_sample values behind var_k.
-            var = var * torch.tensor([s * per_sample / (s * per_sample - 1) for s in sizes],
-                                     dtype=var.dtype, device=var.device)[:, None]  # fmt: skip
+            var = (
+                var
+                * torch.tensor(
+                    [s * per_sample / (s * per_sample - 1) for s in sizes],
+                    dtype=var.dtype,
+                    device=var.device,
+                )[:, None]
+            )
         F.update_running_stats(
-            running_mean, running_var, (w.to(mean.dtype) * mean).sum(0), (w * var).sum(0),
-            n * per_sample, momentum, num_batches_tracked=num_batches_tracked,
-            store_unbiased=False, skipped_updates=skipped_updates,
-        )  # fmt: skip
+            running_mean,
+            running_var,
+            (w.to(mean.dtype) * mean).sum(0),
+            (w * var).sum(0),
+            n * per_sample,
+            momentum,
+            num_batches_tracked=num_batches_tracked,
+            store_unbiased=False,
+            skipped_updates=skipped_updates,
+        )
     return y
 
 
@@ -181,11 +193,20 @@ class GhostBatchNorm(BatchNorm):
         self._check_input_dim(input)
         update = self.training and self.track_running_stats
         return ghost_batch_norm(
-            input, self.running_mean if update else None, self.running_var if update else None,
-            self.weight, self.bias, True, self.momentum, self.eps, ghost_size=self.ghost_size,
-            axis=self.axis, num_batches_tracked=self.num_batches_tracked if update else None,
-            store_unbiased=self.store_unbiased, skipped_updates=self.skipped_updates if update else None,
-        )  # fmt: skip
+            input,
+            self.running_mean if update else None,
+            self.running_var if update else None,
+            self.weight,
+            self.bias,
+            True,
+            self.momentum,
+            self.eps,
+            ghost_size=self.ghost_size,
+            axis=self.axis,
+            num_batches_tracked=self.num_batches_tracked if update else None,
+            store_unbiased=self.store_unbiased,
+            skipped_updates=self.skipped_updates if update else None,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", ghost_size={self.ghost_size}"

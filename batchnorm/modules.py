@@ -82,7 +82,9 @@ class BatchNorm(_BatchNorm):
         small_batch: str = "raise",
     ) -> None:
         if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int (the number of channels), got {num_features!r}")
+            raise ValueError(
+                f"num_features must be a positive int (the number of channels), got {num_features!r}"
+            )
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}; PyTorch's default is 1e-5, Keras's 1e-3")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
@@ -92,11 +94,15 @@ class BatchNorm(_BatchNorm):
             )
         center = affine if center is None else center
         scale = affine if scale is None else scale
-        super().__init__(num_features, eps, momentum, center or scale, track_running_stats, device, dtype)
+        super().__init__(
+            num_features, eps, momentum, center or scale, track_running_stats, device, dtype
+        )
         self.axis = axis
         self.store_unbiased = store_unbiased
         if small_batch not in F.SMALL_BATCH_POLICIES:
-            raise ValueError(f"small_batch must be one of {F.SMALL_BATCH_POLICIES}, got {small_batch!r}")
+            raise ValueError(
+                f"small_batch must be one of {F.SMALL_BATCH_POLICIES}, got {small_batch!r}"
+            )
         self.small_batch = small_batch
         if self.affine and not scale:
             self.register_parameter("weight", None)
@@ -183,7 +189,11 @@ class BatchNorm(_BatchNorm):
 def _warn_if_params_frozen(bn: BatchNorm) -> None:
     """Warn once per layer: gamma/beta frozen while the running statistics still move."""
     params = [p for p in (bn.weight, bn.bias) if p is not None]
-    if params and not any(p.requires_grad for p in params) and not getattr(bn, "_warned_frozen", False):
+    if (
+        params
+        and not any(p.requires_grad for p in params)
+        and not getattr(bn, "_warned_frozen", False)
+    ):
         from .freeze import warn_frozen_params_updating  # lazy: freeze imports this module
 
         bn._warned_frozen = True
@@ -209,7 +219,14 @@ class _FixedRank(BatchNorm):
         small_batch: str = "raise",
     ) -> None:
         super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, device, dtype, axis=1,
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            axis=1,
             small_batch=small_batch,
         )
 

@@ -274,7 +274,9 @@ def recompute_statistics(
     if estimator not in ("pooled", "paper"):
         raise ValueError(f"estimator must be 'pooled' or 'paper', got {estimator!r}")
     if mode not in ("train", "eval"):
-        raise ValueError(f"mode must be 'train' (Algorithm 2) or 'eval' (layer by layer), got {mode!r}")
+        raise ValueError(
+            f"mode must be 'train' (Algorithm 2) or 'eval' (layer by layer), got {mode!r}"
+        )
     for name, value in (("num_batches", num_batches), ("num_samples", num_samples)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1 or None, got {value}")
@@ -350,7 +352,9 @@ def recompute_statistics(
             accs = run_pass([m for _, m in layers], stop=False, label="population statistics")
             _finalize(layers, accs, estimator, process_group)
         else:
-            for i, (name, m) in enumerate(_execution_order(model, layers, batches, forward, device)):
+            for i, (name, m) in enumerate(
+                _execution_order(model, layers, batches, forward, device)
+            ):
                 label = f"population statistics {i + 1}/{len(layers)} ({name})"
                 accs = run_pass([m], stop=True, label=label)
                 _finalize([(name, m)], accs, estimator, process_group)

@@ -137,11 +137,23 @@ def batch_renorm(
         return r, d
 
     return F.batch_norm(
-        input, running_mean, running_var, weight, bias, training, momentum, eps,
-        axis=axis, num_batches_tracked=num_batches_tracked, store_unbiased=store_unbiased,
-        skipped_updates=skipped_updates, mask=mask, correction=correction, small_batch=small_batch,
+        input,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        training,
+        momentum,
+        eps,
+        axis=axis,
+        num_batches_tracked=num_batches_tracked,
+        store_unbiased=store_unbiased,
+        skipped_updates=skipped_updates,
+        mask=mask,
+        correction=correction,
+        small_batch=small_batch,
         process_group=process_group,
-    )  # fmt: skip
+    )
 
 
 class BatchRenorm(BatchNorm):
@@ -199,12 +211,24 @@ class BatchRenorm(BatchNorm):
         self._check_input_dim(input)
         r_max, d_max = self.limits()
         return batch_renorm(
-            input, self.running_mean, self.running_var, self.weight, self.bias, True,
-            self.momentum, self.eps, r_max=r_max, d_max=d_max, axis=self.axis,
-            num_batches_tracked=self.num_batches_tracked, store_unbiased=self.store_unbiased,
-            skipped_updates=self.skipped_updates, mask=mask, small_batch=self.small_batch,
+            input,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            True,
+            self.momentum,
+            self.eps,
+            r_max=r_max,
+            d_max=d_max,
+            axis=self.axis,
+            num_batches_tracked=self.num_batches_tracked,
+            store_unbiased=self.store_unbiased,
+            skipped_updates=self.skipped_updates,
+            mask=mask,
+            small_batch=self.small_batch,
             process_group=self._sync_group(),
-        )  # fmt: skip
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", r_max={self.r_max}, d_max={self.d_max}"

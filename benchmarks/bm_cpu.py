@@ -1,6 +1,6 @@
 """CPU benchmark: our batch norm vs torch's vs the copy floor (same code as `batchnorm bench`).
 
-    PYTHONPATH=. python benchmarks/bm_cpu.py --threads 2 --allocator both
+PYTHONPATH=. python benchmarks/bm_cpu.py --threads 2 --allocator both
 """
 
 import sys

@@ -87,5 +87,9 @@ def sample_inputs(dtypes=DTYPES) -> list[Sample]:
     out = []
     for dtype in dtypes:
         for i, s in enumerate(base):
-            out.append(Sample(s.shape, s.axis, s.affine, s.track, s.momentum, dtype, s.channels_last, seed=i))
+            out.append(
+                Sample(
+                    s.shape, s.axis, s.affine, s.track, s.momentum, dtype, s.channels_last, seed=i
+                )
+            )
     return out

@@ -177,7 +177,11 @@ def _check_renorm(rank, sizes, sample_shape) -> None:
     g = torch.Generator().manual_seed(99)
     c = sample_shape[0]
     kwargs = dict(r_max=1.5, d_max=0.5, dtype=F64)
-    sync, local, plain = SyncBatchRenorm(c, **kwargs), BatchRenorm(c, **kwargs), BatchNorm(c, dtype=F64)
+    sync, local, plain = (
+        SyncBatchRenorm(c, **kwargs),
+        BatchRenorm(c, **kwargs),
+        BatchNorm(c, dtype=F64),
+    )
     with torch.no_grad():
         for m in (sync, local, plain):
             m.running_mean.fill_(-3.0)
@@ -201,7 +205,9 @@ def _check_renorm(rank, sizes, sample_shape) -> None:
         _close(sync.running_mean, local.running_mean, f"{what}: running_mean")
         _close(sync.running_var, local.running_var, f"{what}: running_var")
         if step == 0:
-            assert not torch.allclose(yf, plain(full), atol=1e-3), "the renorm correction was inactive"
+            assert not torch.allclose(yf, plain(full), atol=1e-3), (
+                "the renorm correction was inactive"
+            )
         for m in (sync, local):
             m.weight.grad = m.bias.grad = None
 
@@ -572,9 +578,21 @@ def test_torchrun_demo_two_processes_match_one(tmp_path):
     import sys
 
     common = [
-        "-m", "batchnorm.distributed_demo", "--dataset", "synthetic", "--train-samples", "256",
-        "--batch-size", "32", "--epochs", "1", "--dtype", "float64", "--threads", "1",
-    ]  # fmt: skip
+        "-m",
+        "batchnorm.distributed_demo",
+        "--dataset",
+        "synthetic",
+        "--train-samples",
+        "256",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--dtype",
+        "float64",
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("WORLD_SIZE", None)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

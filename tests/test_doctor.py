@@ -153,13 +153,19 @@ def test_cli(tmp_path):
         "import torch.nn as nn\n"
         "def bad():\n    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.99), nn.ReLU())\n"
         "def good():\n    return nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())\n"
-    )  # fmt: skip
+    )
     root = Path(__file__).resolve().parents[1]
     env = {"PYTHONPATH": f"{root}:{tmp_path}", "PATH": "/usr/bin:/bin"}
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "batchnorm", "doctor", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "batchnorm", "doctor", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     bad = cli("netdefs:bad", "--input-shape", "2,1,28,28")
     assert (

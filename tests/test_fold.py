@@ -421,11 +421,14 @@ def test_fold_skips_fused_activation_and_folds_eval_variants():
     torch.manual_seed(8)
     model = randomize(
         nn.Sequential(
-            nn.Conv2d(3, 4, 3), batchnorm.BatchNormAct2d(4, activation="relu"),
-            nn.Conv2d(4, 4, 1), batchnorm.BatchRenorm2d(4),
-            nn.Conv2d(4, 4, 1), batchnorm.GhostBatchNorm2d(4, ghost_size=2),
+            nn.Conv2d(3, 4, 3),
+            batchnorm.BatchNormAct2d(4, activation="relu"),
+            nn.Conv2d(4, 4, 1),
+            batchnorm.BatchRenorm2d(4),
+            nn.Conv2d(4, 4, 1),
+            batchnorm.GhostBatchNorm2d(4, ghost_size=2),
         )
-    )  # fmt: skip
+    )
     x = torch.randn(4, 3, 6, 6)
     folded, report = fold(model, x)
     assert [p[:2] for p in report.folded] == [("2", "3"), ("4", "5")]

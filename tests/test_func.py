@@ -56,9 +56,13 @@ def test_jacrev_and_grad_match_torch():
 def _model():
     torch.manual_seed(2)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, bias=False), bn.BatchNorm2d(4), torch.nn.ReLU(),
-        torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3), torch.nn.BatchNorm1d(3),
-    ).double()  # fmt: skip
+        torch.nn.Conv2d(1, 4, 3, bias=False),
+        bn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 4 * 4, 3),
+        torch.nn.BatchNorm1d(3),
+    ).double()
 
 
 def test_per_sample_gradients_with_bn_in_eval_mode():
@@ -104,8 +108,11 @@ def test_per_sample_gradients_with_batch_statistics_held_fixed():
     # Oracle: the training-mode batch loss with the statistics detached has these gradients, summed.
     w = params["1.weight"].clone().requires_grad_()
     hh = torch.nn.functional.conv2d(xs, params["0.weight"])
-    out = torch.relu(((hh - mean.to(D)[None, :, None, None]) / torch.sqrt(var + 1e-5)[None, :, None, None])
-                     * w[None, :, None, None] + params["1.bias"][None, :, None, None])  # fmt: skip
+    out = torch.relu(
+        ((hh - mean.to(D)[None, :, None, None]) / torch.sqrt(var + 1e-5)[None, :, None, None])
+        * w[None, :, None, None]
+        + params["1.bias"][None, :, None, None]
+    )
     out.square().sum().backward()
     torch.testing.assert_close(per_sample["1.weight"].sum(0), w.grad, rtol=1e-10, atol=1e-12)
 

@@ -73,7 +73,9 @@ def test_train_backward_matches_reference(s: Sample):
     _, cache = ref.batch_norm_forward(np64(x), np64(w), np64(b), EPS, axis=s.axis)
     dx_ref, dg_ref, db_ref = ref.batch_norm_backward(np64(dy.to(y.dtype)), cache)
     # Gradients in low precision: relative to the largest entry.
-    rtol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}[s.dtype]
+    rtol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}[
+        s.dtype
+    ]
     for got, want in zip(grads, [dx_ref, dg_ref, db_ref]):
         scale = max(np.abs(want).max(), 1.0)
         np.testing.assert_allclose(np64(got), want, atol=rtol * scale, rtol=0)
@@ -83,7 +85,9 @@ def test_train_backward_matches_reference(s: Sample):
 def test_eval_matches_reference_and_affine_map(s: Sample):
     x, w, b, rm, rv = s.make(requires_grad=True)
     y = F.batch_norm(x, rm, rv, w, b, False, s.momentum, EPS, axis=s.axis)
-    y_ref = ref.batch_norm_inference(np64(x), np64(rm), np64(rv), np64(w), np64(b), EPS, axis=s.axis)
+    y_ref = ref.batch_norm_inference(
+        np64(x), np64(rm), np64(rv), np64(w), np64(b), EPS, axis=s.axis
+    )
     np.testing.assert_allclose(np64(y), y_ref, atol=ATOL[s.dtype], rtol=0)
     # Eval-mode BN is one affine map per channel (eq. 23-24), and its input gradient is scale.
     scale, _ = ref.inference_affine(np64(rm), np64(rv), np64(w), np64(b), EPS)
@@ -91,7 +95,9 @@ def test_eval_matches_reference_and_affine_map(s: Sample):
     shape = [1] * x.ndim
     shape[s.axis] = -1
     want = np.broadcast_to(scale.reshape(shape), x.shape)
-    np.testing.assert_allclose(np64(dx), want, rtol={torch.float64: 1e-12}.get(s.dtype, 1e-2), atol=0)
+    np.testing.assert_allclose(
+        np64(dx), want, rtol={torch.float64: 1e-12}.get(s.dtype, 1e-2), atol=0
+    )
 
 
 @pytest.mark.parametrize("s", ALL, ids=str)
@@ -109,7 +115,9 @@ def test_matches_torch_builtin(s: Sample):
     rv_t = None if rv is None else rv.clone()
     nbt = torch.tensor(3)
     y = run_ours(s, x, w, b, rm, rv, nbt=nbt)
-    y_t = TF.batch_norm(to_axis1(x_t, s.axis), rm_t, rv_t, w_t, b_t, True, momentum_for_torch(s, 4), EPS)
+    y_t = TF.batch_norm(
+        to_axis1(x_t, s.axis), rm_t, rv_t, w_t, b_t, True, momentum_for_torch(s, 4), EPS
+    )
     y_t = y_t.movedim(1, s.axis)
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(y.dtype)
     ours = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], dy)
@@ -141,8 +149,21 @@ def test_gradcheck_and_double_backward(s: Sample, training: bool):
     inputs = tuple(t for t in (x, w, b) if t is not None)
 
     def f(*args):
-        xx, ww, bb = args[0], (args[1] if w is not None else None), (args[2] if b is not None else None)
-        return F.batch_norm(xx, None if training else rm, None if training else rv, ww, bb, training, eps=EPS, axis=s.axis)
+        xx, ww, bb = (
+            args[0],
+            (args[1] if w is not None else None),
+            (args[2] if b is not None else None),
+        )
+        return F.batch_norm(
+            xx,
+            None if training else rm,
+            None if training else rv,
+            ww,
+            bb,
+            training,
+            eps=EPS,
+            axis=s.axis,
+        )
 
     assert torch.autograd.gradcheck(f, inputs)
     assert torch.autograd.gradgradcheck(f, inputs)
@@ -162,7 +183,9 @@ def test_large_mean_small_std_matches_float64():
     # Same in evaluation with float64-exact running statistics of the data.
     rm, rv = x.double().mean((0, 2, 3)), x.double().var((0, 2, 3))
     ye = F.batch_norm(x, rm.float(), rv.float(), w, b, False)
-    ye64 = F.batch_norm(x.double(), rm.float().double(), rv.float().double(), w.double(), b.double(), False)
+    ye64 = F.batch_norm(
+        x.double(), rm.float().double(), rv.float().double(), w.double(), b.double(), False
+    )
     assert (ye.double() - ye64).abs().max().item() < 1e-3
 
 
@@ -174,7 +197,9 @@ def test_constant_channel_gives_exactly_beta(dtype, training):
     b = torch.tensor([0.25, -1.5])
     rm = x[0, :, 0].float()  # the channel's value as the dtype holds it (bf16 has no 1e4)
     rv = torch.ones(2)
-    y = F.batch_norm(x, None if training else rm, None if training else rv, torch.tensor([2.0, 3.0]), b, training)
+    y = F.batch_norm(
+        x, None if training else rm, None if training else rv, torch.tensor([2.0, 3.0]), b, training
+    )
     assert torch.equal(y[:, 0], torch.full_like(y[:, 0], 0.25))
     assert torch.equal(y[:, 1], torch.full_like(y[:, 1], -1.5))
 
@@ -226,7 +251,9 @@ def test_bad_eps(eps):
 @pytest.mark.parametrize("momentum", [-0.1, 1.5])
 def test_bad_momentum(momentum):
     with pytest.raises(ValueError, match="momentum must be in"):
-        F.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), training=True, momentum=momentum)
+        F.batch_norm(
+            torch.randn(4, 3), torch.zeros(3), torch.ones(3), training=True, momentum=momentum
+        )
 
 
 def test_wrong_channel_count_names_the_tensor():
@@ -260,12 +287,16 @@ def test_non_finite_batch_never_reaches_running_stats():
     x[2, 1] = float("nan")
     y = F.batch_norm(x, rm, rv, training=True, num_batches_tracked=nbt, skipped_updates=skipped)
     assert torch.isnan(y[:, 1]).all()  # the data's NaN stays visible in the output ...
-    assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3))  # ... not in the state
+    assert torch.equal(rm, torch.zeros(3)) and torch.equal(
+        rv, torch.ones(3)
+    )  # ... not in the state
     assert int(skipped) == 1 and int(nbt) == 0
     x[2, 1] = float("inf")
     F.batch_norm(x, rm, rv, training=True, num_batches_tracked=nbt, skipped_updates=skipped)
     assert int(skipped) == 2 and torch.equal(rv, torch.ones(3))
-    F.batch_norm(torch.randn(8, 3), rm, rv, training=True, num_batches_tracked=nbt, skipped_updates=skipped)
+    F.batch_norm(
+        torch.randn(8, 3), rm, rv, training=True, num_batches_tracked=nbt, skipped_updates=skipped
+    )
     assert int(skipped) == 2 and int(nbt) == 1 and not torch.equal(rm, torch.zeros(3))
 
 
@@ -348,7 +379,9 @@ def test_eval_graph_survives_a_train_forward_before_its_backward():
         if train_forward_between:
             bn.train()
             bn(other)
-            assert not torch.equal(bn.running_var, torch.tensor([2.0, 0.5, 1.5], dtype=torch.float64))
+            assert not torch.equal(
+                bn.running_var, torch.tensor([2.0, 0.5, 1.5], dtype=torch.float64)
+            )
         (y * upstream).sum().backward()
         grads.append((xi.grad, bn.weight.grad, bn.bias.grad))
     for a, c in zip(*grads, strict=True):

@@ -68,8 +68,22 @@ def _layout(name: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor,
     return x, axis % x.ndim
 
 
-LAYOUTS = ["nchw", "nchw-big", "cl", "cl-big", "2d", "2d-big", "2d-wide", "cl-wide", "ncl", "ncdhw", "cl3d",
-           "nhwc-axis-1", "c1", "c1-2d"]
+LAYOUTS = [
+    "nchw",
+    "nchw-big",
+    "cl",
+    "cl-big",
+    "2d",
+    "2d-big",
+    "2d-wide",
+    "cl-wide",
+    "ncl",
+    "ncdhw",
+    "cl3d",
+    "nhwc-axis-1",
+    "c1",
+    "c1-2d",
+]
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -93,7 +107,9 @@ def test_primitives_match_reference_and_native(layout: str, dtype: torch.dtype):
     # sixteen-row blocks (interleaved layouts with C >= 16) to ~1e-8 of the std.
     blocks = acc == torch.float32 and C >= 16 and x.stride(axis) == 1 and x.ndim > 1
     mean_tol = 1e-7 if blocks else 1e-12
-    np.testing.assert_allclose(mean.numpy(), mean_ref, rtol=0, atol=mean_tol * (1 + np.sqrt(var_ref).max()))
+    np.testing.assert_allclose(
+        mean.numpy(), mean_ref, rtol=0, atol=mean_tol * (1 + np.sqrt(var_ref).max())
+    )
     var_tol = 1e-11 if acc == torch.float64 else (1e-6 if blocks else 2e-7)
     np.testing.assert_allclose(var.double().numpy(), var_ref, rtol=var_tol)
 
@@ -106,7 +122,9 @@ def test_primitives_match_reference_and_native(layout: str, dtype: torch.dtype):
     bc[axis] = C
     y_ref = (_np(x) - mean_ref.reshape(bc)) * _np(scale).reshape(bc) + _np(shift).reshape(bc)
     np.testing.assert_allclose(_np(y), y_ref, atol=ATOL[dtype], rtol=0)
-    np.testing.assert_allclose(_np(y), _np(N.normalize(x, axis, mean, scale, shift)), atol=ATOL[dtype], rtol=0)
+    np.testing.assert_allclose(
+        _np(y), _np(N.normalize(x, axis, mean, scale, shift)), atol=ATOL[dtype], rtol=0
+    )
 
     dy = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
     s_dy, s_dyx = FAST.backward_reduce(dy, x, axis, mean)
@@ -189,9 +207,12 @@ def test_fallback_for_layouts_and_types_the_kernels_do_not_read():
     x, _ = _layout("nchw-big", torch.float32)
     for odd in (x.transpose(2, 3), x[:, :, ::2], x.permute(0, 2, 1, 3)):  # not dense along C
         assert kernels.get(odd, 1).name == "native"
-        torch.testing.assert_close(F.batch_norm(odd, None, None, training=True),
-                                   torch.nn.functional.batch_norm(odd, None, None, training=True),
-                                   atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            F.batch_norm(odd, None, None, training=True),
+            torch.nn.functional.batch_norm(odd, None, None, training=True),
+            atol=2e-5,
+            rtol=1e-5,
+        )
     assert kernels.get(torch.ones(0, 3), 1).name == "native"  # empty
     # The op itself never fails on a layout its kernel cannot read: it computes natively.
     mean, var = _cpu.cpu_stats(x.transpose(2, 3), 1)
@@ -209,8 +230,9 @@ def test_fallback_when_the_library_cannot_load(monkeypatch):
     x, _ = _layout("nchw", torch.float32)
     assert kernels.get(x, 1).name == "native"
     y = F.batch_norm(x, None, None, training=True)
-    torch.testing.assert_close(y, torch.nn.functional.batch_norm(x, None, None, training=True),
-                               atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        y, torch.nn.functional.batch_norm(x, None, None, training=True), atol=2e-5, rtol=1e-5
+    )
 
 
 def test_grad_in_another_layout_than_the_input():
@@ -219,9 +241,15 @@ def test_grad_in_another_layout_than_the_input():
     for xx in (x, x.contiguous()):
         xg = xx.detach().requires_grad_(True)
         dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
-        dy = dy.contiguous() if xx.is_contiguous() is False else dy.contiguous(memory_format=torch.channels_last)
+        dy = (
+            dy.contiguous()
+            if xx.is_contiguous() is False
+            else dy.contiguous(memory_format=torch.channels_last)
+        )
         (gx,) = torch.autograd.grad(F.batch_norm(xg, None, None, training=True), xg, dy)
-        (gt,) = torch.autograd.grad(torch.nn.functional.batch_norm(xg, None, None, training=True), xg, dy)
+        (gt,) = torch.autograd.grad(
+            torch.nn.functional.batch_norm(xg, None, None, training=True), xg, dy
+        )
         torch.testing.assert_close(gx, gt, atol=1e-4, rtol=1e-4)
 
 
@@ -267,7 +295,9 @@ def test_vectors_built_in_the_kernel_give_the_bits_of_the_torch_ops(layout, dtyp
     s1, s2 = FAST.backward_reduce(dy, x, axis, mean)
     dx = FAST.backward_elemt_stats(dy, x, axis, mean, inv_std, weight, s1, s2, m)
     k = inv_std if weight is None else weight * inv_std
-    assert torch.equal(dx, FAST.backward_elemt(dy, x, axis, mean, k, s1 / m, s2 / m * inv_std * inv_std))
+    assert torch.equal(
+        dx, FAST.backward_elemt(dy, x, axis, mean, k, s1 / m, s2 / m * inv_std * inv_std)
+    )
 
 
 RUNNING_CASES = {
@@ -290,8 +320,15 @@ def test_running_update_kernel_gives_the_bits_of_the_torch_op_version(case: str)
     bad = opts.pop("bad", None)
     g = torch.Generator().manual_seed(3)
     C, count = 7, 37
-    state = {who: (torch.rand(C, generator=g, dtype=bdtype), torch.rand(C, generator=g, dtype=bdtype) + 1,
-                   torch.tensor(4), torch.tensor(0)) for who in ("fast",)}
+    state = {
+        who: (
+            torch.rand(C, generator=g, dtype=bdtype),
+            torch.rand(C, generator=g, dtype=bdtype) + 1,
+            torch.tensor(4),
+            torch.tensor(0),
+        )
+        for who in ("fast",)
+    }
     state["ops"] = tuple(t.clone() for t in state["fast"])
     taken = []
     for step in range(5):
@@ -303,18 +340,38 @@ def test_running_update_kernel_gives_the_bits_of_the_torch_op_version(case: str)
             v0 = rm._version
             previous = kernels.set_enabled(who == "fast")
             try:
-                F.update_running_stats(rm, rv, mean, var, count, num_batches_tracked=nbt,
-                                       skipped_updates=skipped, **opts)
+                F.update_running_stats(
+                    rm,
+                    rv,
+                    mean,
+                    var,
+                    count,
+                    num_batches_tracked=nbt,
+                    skipped_updates=skipped,
+                    **opts,
+                )
             finally:
                 kernels.set_enabled(previous)
             assert rm._version > v0  # in place, seen by autograd's version check
-        taken.append(_cpu.running_update(torch.zeros(C, dtype=bdtype), torch.ones(C, dtype=bdtype),
-                                         mean, var, count, opts["momentum"], torch.tensor(1),
-                                         opts.get("store_unbiased", True), None))
+        taken.append(
+            _cpu.running_update(
+                torch.zeros(C, dtype=bdtype),
+                torch.ones(C, dtype=bdtype),
+                mean,
+                var,
+                count,
+                opts["momentum"],
+                torch.tensor(1),
+                opts.get("store_unbiased", True),
+                None,
+            )
+        )
     assert all(taken)
     for a, b in zip(state["fast"], state["ops"], strict=True):
         assert torch.equal(a, b), (case, a, b)
-    assert int(state["fast"][2]) == 4 + 5 - (bad is not None) and int(state["fast"][3]) == (bad is not None)
+    assert int(state["fast"][2]) == 4 + 5 - (bad is not None) and int(state["fast"][3]) == (
+        bad is not None
+    )
 
 
 def test_running_update_kernel_declines_what_it_does_not_take():
@@ -324,7 +381,9 @@ def test_running_update_kernel_declines_what_it_does_not_take():
     assert not _cpu.running_update(rm, rv, mean, var, 8, torch.tensor(0.1), None, True, None)
     assert not _cpu.running_update(rm.half(), rv.half(), mean, var, 8, 0.1, None, True, None)
     assert not _cpu.running_update(rm, rv, mean.float(), var, 8, 0.1, None, True, None)
-    assert not _cpu.running_update(rm, rv, mean, var, 8, 0.1, torch.tensor(0, dtype=torch.int32), True, None)
+    assert not _cpu.running_update(
+        rm, rv, mean, var, 8, 0.1, torch.tensor(0, dtype=torch.int32), True, None
+    )
     assert not _cpu.running_update(torch.zeros(2 * C)[::2], rv, mean, var, 8, 0.1, None, True, None)
     assert torch.equal(rm, torch.zeros(C)) and torch.equal(rv, torch.ones(C))
     # A tensor momentum still works, through the torch ops.
@@ -337,7 +396,10 @@ def test_gradcheck_and_double_backward_on_the_fast_path():
     x.requires_grad_(True)
     w = torch.rand(x.shape[1], dtype=torch.float64).add_(0.5).requires_grad_(True)
     b = torch.randn(x.shape[1], dtype=torch.float64).requires_grad_(True)
-    f = lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True)  # noqa: E731
+
+    def f(x, w, b):
+        return F.batch_norm(x, None, None, w, b, training=True)
+
     assert torch.autograd.gradcheck(f, (x, w, b))
     assert torch.autograd.gradgradcheck(f, (x, w, b))
 
@@ -345,9 +407,15 @@ def test_gradcheck_and_double_backward_on_the_fast_path():
 def _small_net(bn2d, bn1d) -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3), bn2d(8), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 16, 3), bn2d(16), torch.nn.ReLU(),
-        torch.nn.Flatten(), torch.nn.Linear(16 * 5 * 5, 10), bn1d(10),
+        torch.nn.Conv2d(3, 8, 3),
+        bn2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3),
+        bn2d(16),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16 * 5 * 5, 10),
+        bn1d(10),
     )
 
 
@@ -358,7 +426,10 @@ def test_drop_in_model_matches_torch_nn(channels_last: bool):
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(12, 3, 9, 9, generator=torch.Generator().manual_seed(5))
     if channels_last:
-        ours, theirs = ours.to(memory_format=torch.channels_last), theirs.to(memory_format=torch.channels_last)
+        ours, theirs = (
+            ours.to(memory_format=torch.channels_last),
+            theirs.to(memory_format=torch.channels_last),
+        )
         x = x.contiguous(memory_format=torch.channels_last)
     for _step in range(2):
         yo, yt = ours(x), theirs(x)
@@ -387,7 +458,10 @@ def _op_samples():
     yield _cpu.cpu_backward_reduce, (torch.randn_like(x), xc, 1, mean)
     yield _cpu.cpu_backward_elemt, (torch.randn_like(xc), xc, 1, mean, v, v, v)
     yield _cpu.cpu_normalize_stats, (xc, 1, mean, v, v, v, 1e-5)
-    yield _cpu.cpu_normalize_stats, (x, 1, v, v.double(), None, None, 1e-5)  # running stats, no affine
+    yield (
+        _cpu.cpu_normalize_stats,
+        (x, 1, v, v.double(), None, None, 1e-5),
+    )  # running stats, no affine
     yield _cpu.cpu_normalize_stats, (x.transpose(2, 3), 1, mean, v, v, v, 1e-5)  # native fallback
     yield _cpu.cpu_backward_elemt_stats, (torch.randn_like(x), x, 1, mean, v, v, v, v, 11)
     yield _cpu.cpu_backward_elemt_stats, (torch.randn_like(xc), xc, 1, mean, v, None, v, v, 11)
@@ -395,7 +469,9 @@ def _op_samples():
 
 def test_custom_ops_pass_opcheck():
     for op, args in _op_samples():
-        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+        torch.library.opcheck(
+            op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+        )
 
 
 # Raised inside Dynamo's own handling of autograd.Function in this torch version, not by us.
@@ -441,8 +517,18 @@ def test_fresh_build_and_cold_start_in_a_new_process(tmp_path):
         "'status': _cpu_build.status()}))"
     )
     env = {**os.environ, "BATCHNORM_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    run = lambda: json.loads(subprocess.run([sys.executable, "-c", code], env=env, check=True,  # noqa: E731
-                                            capture_output=True, text=True).stdout)
+
+    def run():
+        return json.loads(
+            subprocess.run(
+                [sys.executable, "-c", code],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+
     first, second = run(), run()
     assert first["name"] == second["name"] == "cpu"
     assert first["status"].startswith("compiled") and second["status"].startswith("cached")
@@ -452,7 +538,9 @@ def test_fresh_build_and_cold_start_in_a_new_process(tmp_path):
 def test_disabled_by_environment_variable(tmp_path):
     code = "import torch, batchnorm; from batchnorm.kernels import get; print(get(torch.ones(3, 2), 1).name)"
     env = {**os.environ, "BATCHNORM_CPU_KERNELS": "0", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+    )
     assert out.stdout.strip() == "native"
 
 
@@ -468,11 +556,14 @@ def test_half_conversions_are_exact_and_round_to_nearest_even(dtype: torch.dtype
     assert torch.equal(y.view(torch.int16)[finite_nonzero], x.view(torch.int16)[finite_nonzero])
     assert torch.isnan(y.float()[torch.isnan(x.float())]).all()
     g = torch.Generator().manual_seed(8)
-    f = torch.cat([torch.randn(5000, generator=g) * s for s in (1e-8, 1e-6, 1e-4, 1.0, 100.0, 6e4, 1e5)]
-                  + [torch.tensor([float("inf"), float("-inf"), 65504.0, 65519.99, 65520.0])])
+    f = torch.cat(
+        [torch.randn(5000, generator=g) * s for s in (1e-8, 1e-6, 1e-4, 1.0, 100.0, 6e4, 1e5)]
+        + [torch.tensor([float("inf"), float("-inf"), 65504.0, 65519.99, 65520.0])]
+    )
     C = f.numel()
-    out = _cpu.cpu_normalize(torch.zeros(1, C, dtype=dtype), 1, torch.zeros(C, dtype=torch.float64),
-                             torch.ones(C), f)  # y = 0 * 1 + f, stored in dtype
+    out = _cpu.cpu_normalize(
+        torch.zeros(1, C, dtype=dtype), 1, torch.zeros(C, dtype=torch.float64), torch.ones(C), f
+    )  # y = 0 * 1 + f, stored in dtype
     assert torch.equal(out.flatten().view(torch.int16), f.to(dtype).view(torch.int16))
 
 
@@ -483,8 +574,23 @@ def test_bench_runs_and_writes_its_rows(tmp_path, capsys):
     from batchnorm import bench
 
     out = tmp_path / "rows.json"
-    rc = bench.main(["--shapes", "8x32x112x112-cl", "--modes", "train,fwd+bwd", "--repeat", "2",
-                     "--warmup", "1", "--allocator", "tuned", "--no-cold-start", "--json", str(out)])
+    rc = bench.main(
+        [
+            "--shapes",
+            "8x32x112x112-cl",
+            "--modes",
+            "train,fwd+bwd",
+            "--repeat",
+            "2",
+            "--warmup",
+            "1",
+            "--allocator",
+            "tuned",
+            "--no-cold-start",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["mode"] for r in rows] == ["train", "fwd+bwd"]

@@ -12,7 +12,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import batchnorm
 from batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
-PAIRS = [(BatchNorm1d, nn.BatchNorm1d), (BatchNorm2d, nn.BatchNorm2d), (BatchNorm3d, nn.BatchNorm3d)]
+PAIRS = [
+    (BatchNorm1d, nn.BatchNorm1d),
+    (BatchNorm2d, nn.BatchNorm2d),
+    (BatchNorm3d, nn.BatchNorm3d),
+]
 
 
 def swap_bn(model: nn.Module) -> nn.Module:
@@ -22,8 +26,14 @@ def swap_bn(model: nn.Module) -> nn.Module:
     for _, m in list(new.named_modules()):
         for cname, child in list(m.named_children()):
             if type(child) in ours:
-                rep = ours[type(child)](child.num_features, child.eps, child.momentum, child.affine,
-                                        child.track_running_stats, dtype=child.running_mean.dtype)
+                rep = ours[type(child)](
+                    child.num_features,
+                    child.eps,
+                    child.momentum,
+                    child.affine,
+                    child.track_running_stats,
+                    dtype=child.running_mean.dtype,
+                )
                 rep.load_state_dict(child.state_dict())
                 rep.train(child.training)
                 setattr(m, cname, rep)
@@ -32,10 +42,22 @@ def swap_bn(model: nn.Module) -> nn.Module:
 
 def lenet(bn=nn.BatchNorm2d, bn1=nn.BatchNorm1d) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3, bias=False), bn(6), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 3, bias=False), bn(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 5 * 5, 120, bias=False), bn1(120), nn.ReLU(),
-        nn.Linear(120, 84, bias=False), bn1(84, momentum=None), nn.ReLU(), nn.Linear(84, 10),
+        nn.Conv2d(1, 6, 3, bias=False),
+        bn(6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 3, bias=False),
+        bn(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120, bias=False),
+        bn1(120),
+        nn.ReLU(),
+        nn.Linear(120, 84, bias=False),
+        bn1(84, momentum=None),
+        nn.ReLU(),
+        nn.Linear(84, 10),
     )
 
 
@@ -103,7 +125,9 @@ def test_old_state_dict_without_num_batches_tracked_loads():
 
 
 def test_constructor_arguments_and_isinstance():
-    m = BatchNorm2d(4, eps=1e-3, momentum=0.01, affine=False, track_running_stats=False, dtype=torch.float64)
+    m = BatchNorm2d(
+        4, eps=1e-3, momentum=0.01, affine=False, track_running_stats=False, dtype=torch.float64
+    )
     t = nn.BatchNorm2d(4, eps=1e-3, momentum=0.01, affine=False, track_running_stats=False)
     assert isinstance(m, _BatchNorm)
     assert m.weight is None and m.running_mean is None and m.num_batches_tracked is None
@@ -118,7 +142,10 @@ def test_constructor_arguments_and_isinstance():
 def test_train_eval_and_cumulative_average_match_torch():
     torch.manual_seed(0)
     for momentum in (0.1, None, 1.0):
-        o, t = BatchNorm1d(3, momentum=momentum).double(), nn.BatchNorm1d(3, momentum=momentum).double()
+        o, t = (
+            BatchNorm1d(3, momentum=momentum).double(),
+            nn.BatchNorm1d(3, momentum=momentum).double(),
+        )
         for _ in range(3):
             x = torch.randn(6, 3, 4, dtype=torch.float64)
             torch.testing.assert_close(o(x), t(x))
@@ -160,11 +187,14 @@ def test_channels_last_memory_format_is_kept():
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("cls,bad_shape,msg", [
-    (BatchNorm1d, (4, 3, 2, 2), r"BatchNorm1d expects 2D or 3D input"),
-    (BatchNorm2d, (4, 3, 2), r"BatchNorm2d expects 4D input"),
-    (BatchNorm3d, (4, 3, 2, 2), r"BatchNorm3d expects 5D input"),
-])
+@pytest.mark.parametrize(
+    "cls,bad_shape,msg",
+    [
+        (BatchNorm1d, (4, 3, 2, 2), r"BatchNorm1d expects 2D or 3D input"),
+        (BatchNorm2d, (4, 3, 2), r"BatchNorm2d expects 4D input"),
+        (BatchNorm3d, (4, 3, 2, 2), r"BatchNorm3d expects 5D input"),
+    ],
+)
 def test_wrong_rank(cls, bad_shape, msg):
     with pytest.raises(ValueError, match=msg):
         cls(3)(torch.randn(bad_shape))

@@ -80,9 +80,14 @@ def test_errors_and_restoration_on_failure():
 def deep_model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Linear(4, 6, bias=False), BatchNorm(6), nn.Tanh(),
-        nn.Linear(6, 5, bias=False), nn.BatchNorm1d(5), nn.ReLU(),
-        nn.Linear(5, 3, bias=False), BatchNorm(3),
+        nn.Linear(4, 6, bias=False),
+        BatchNorm(6),
+        nn.Tanh(),
+        nn.Linear(6, 5, bias=False),
+        nn.BatchNorm1d(5),
+        nn.ReLU(),
+        nn.Linear(5, 3, bias=False),
+        BatchNorm(3),
     ).double()
 
 
@@ -100,7 +105,9 @@ def test_eval_mode_gives_every_layer_its_inference_inputs_statistics_for_any_spl
             z = data
             for layer in model:
                 if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                    torch.testing.assert_close(layer.running_mean, z.mean(0), atol=1e-12, rtol=1e-12)
+                    torch.testing.assert_close(
+                        layer.running_mean, z.mean(0), atol=1e-12, rtol=1e-12
+                    )
                     torch.testing.assert_close(layer.running_var, z.var(0), atol=1e-12, rtol=1e-12)
                 z = layer(z)
     for other in results[1:]:
@@ -120,6 +127,8 @@ def test_train_mode_deeper_layers_depend_on_the_split_as_algorithm_2_does():
 
 def test_eval_mode_needs_a_reiterable():
     with pytest.raises(TypeError, match="re-iterable"):
-        recompute_statistics(deep_model(), iter([torch.randn(4, 4, dtype=torch.float64)]), mode="eval")
+        recompute_statistics(
+            deep_model(), iter([torch.randn(4, 4, dtype=torch.float64)]), mode="eval"
+        )
     with pytest.raises(ValueError, match="mode must be"):
         recompute_statistics(deep_model(), [torch.randn(4, 4)], mode="precise")

@@ -25,9 +25,13 @@ def batches(draw):
     c = shape[axis]
     bshape = [1] * rank
     bshape[axis] = c
-    loc = torch.randn(c, generator=g, dtype=torch.float64).mul(draw(st.sampled_from([0.0, 1.0, 100.0])))
+    loc = torch.randn(c, generator=g, dtype=torch.float64).mul(
+        draw(st.sampled_from([0.0, 1.0, 100.0]))
+    )
     scl = torch.rand(c, generator=g, dtype=torch.float64) * 5 + 0.1
-    x = torch.randn(shape, generator=g, dtype=torch.float64) * scl.reshape(bshape) + loc.reshape(bshape)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * scl.reshape(bshape) + loc.reshape(
+        bshape
+    )
     return x, axis
 
 
@@ -41,8 +45,12 @@ def test_output_has_mean_zero_and_variance_one_per_channel(xa):
     x, axis = xa
     y = F.batch_norm(x, None, None, training=True, eps=1e-12, axis=axis)
     dims = reduce_dims(x, axis)
-    torch.testing.assert_close(y.mean(dims), torch.zeros(x.shape[axis], dtype=x.dtype), atol=1e-9, rtol=0)
-    torch.testing.assert_close(y.var(dims, unbiased=False), torch.ones(x.shape[axis], dtype=x.dtype), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        y.mean(dims), torch.zeros(x.shape[axis], dtype=x.dtype), atol=1e-9, rtol=0
+    )
+    torch.testing.assert_close(
+        y.var(dims, unbiased=False), torch.ones(x.shape[axis], dtype=x.dtype), atol=1e-6, rtol=0
+    )
 
 
 @given(batches(), st.integers(0, 2**31 - 1))
@@ -113,10 +121,17 @@ def test_eval_mode_is_one_affine_map(xa, seed):
     shift = b - rm * scale
     shape = [1] * x.ndim
     shape[axis] = c
-    torch.testing.assert_close(y, x * scale.reshape(shape) + shift.reshape(shape), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        y, x * scale.reshape(shape) + shift.reshape(shape), atol=1e-10, rtol=1e-10
+    )
     # The map does not depend on the rest of the batch: each sample alone gives the same output.
     if axis % x.ndim != 0:
-        alone = torch.cat([F.batch_norm(x[i : i + 1], rm, rv, w, b, training=False, axis=axis) for i in range(len(x))])
+        alone = torch.cat(
+            [
+                F.batch_norm(x[i : i + 1], rm, rv, w, b, training=False, axis=axis)
+                for i in range(len(x))
+            ]
+        )
         torch.testing.assert_close(alone, y, atol=0, rtol=0)
 
 

@@ -27,18 +27,35 @@ def _saved_bytes(fn, *args):
     return total[0]
 
 
-@pytest.mark.parametrize("activation,param", [("relu", None), ("leaky_relu", 0.2), ("elu", 1.0), ("identity", None),
-                                              ("sigmoid", None), ("tanh", None), ("gelu", None), ("silu", None)])  # fmt: skip
+@pytest.mark.parametrize(
+    "activation,param",
+    [
+        ("relu", None),
+        ("leaky_relu", 0.2),
+        ("elu", 1.0),
+        ("identity", None),
+        ("sigmoid", None),
+        ("tanh", None),
+        ("gelu", None),
+        ("silu", None),
+    ],
+)
 def test_equals_bn_then_activation(activation, param):
     torch.manual_seed(0)
     x = torch.randn(4, 3, 5, 5, dtype=D)
     m = bn.BatchNormAct2d(3, activation=activation, activation_param=param).double()
     plain = bn.BatchNorm2d(3).double()
     assert set(m.state_dict()) == set(torch.nn.BatchNorm2d(3).state_dict())
-    act = {"relu": torch.relu, "identity": lambda t: t, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
-           "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu,
-           "leaky_relu": lambda t: torch.nn.functional.leaky_relu(t, 0.2),
-           "elu": lambda t: torch.nn.functional.elu(t, 1.0)}[activation]  # fmt: skip
+    act = {
+        "relu": torch.relu,
+        "identity": lambda t: t,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "gelu": torch.nn.functional.gelu,
+        "silu": torch.nn.functional.silu,
+        "leaky_relu": lambda t: torch.nn.functional.leaky_relu(t, 0.2),
+        "elu": lambda t: torch.nn.functional.elu(t, 1.0),
+    }[activation]
     assert torch.equal(m(x), act(plain(x)))
     m.eval(), plain.eval()
     assert torch.equal(m(x), act(plain(x)))

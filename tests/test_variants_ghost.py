@@ -70,8 +70,14 @@ def test_gradcheck_with_uneven_chunk():
     assert torch.autograd.gradcheck(fn, (x, w, b))
 
 
-@pytest.mark.parametrize("cls,shape", [(bn.GhostBatchNorm1d, (8, 3)), (bn.GhostBatchNorm2d, (8, 3, 4, 4)),
-                                       (bn.GhostBatchNorm3d, (8, 3, 2, 2, 2))])  # fmt: skip
+@pytest.mark.parametrize(
+    "cls,shape",
+    [
+        (bn.GhostBatchNorm1d, (8, 3)),
+        (bn.GhostBatchNorm2d, (8, 3, 4, 4)),
+        (bn.GhostBatchNorm3d, (8, 3, 2, 2, 2)),
+    ],
+)
 def test_ghost_size_batch_is_plain_bn_exactly(cls, shape):
     torch.manual_seed(2)
     x = (torch.randn(shape) * 2 + 1).requires_grad_()

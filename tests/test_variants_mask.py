@@ -161,4 +161,6 @@ def test_float32_masked_statistics_keep_digits_of_a_large_mean():
     y = bn.batch_norm(x, None, None, training=True, mask=mask)
     valid = x.double().transpose(1, 2)[mask]
     y_ref, _ = ref.batch_norm_forward(valid.numpy(), eps=1e-5, axis=1)
-    np.testing.assert_allclose(y.transpose(1, 2)[mask].double().numpy(), y_ref, rtol=0, atol=1e-5)  # a float32 mean: 0.08
+    np.testing.assert_allclose(
+        y.transpose(1, 2)[mask].double().numpy(), y_ref, rtol=0, atol=1e-5
+    )  # a float32 mean: 0.08

@@ -114,8 +114,14 @@ def _stats_impl(x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
     C = geo[1]
     mean = torch.empty(C, dtype=torch.float64)
     var = torch.empty(C, dtype=_native.acc_dtype(x.dtype))  # rounded from float64 in the kernel
-    rc = lib.bn_stats(_DTYPE_CODE[x.dtype], x.data_ptr(), *geo, mean.data_ptr(), var.data_ptr(),
-                      torch.get_num_threads())
+    rc = lib.bn_stats(
+        _DTYPE_CODE[x.dtype],
+        x.data_ptr(),
+        *geo,
+        mean.data_ptr(),
+        var.data_ptr(),
+        torch.get_num_threads(),
+    )
     assert rc == 0, rc
     return mean, var
 
@@ -135,8 +141,16 @@ def _normalize_impl(x: Tensor, axis: int, mean: Tensor, scale: Tensor, shift: Te
     mean = _acc_vec(mean, torch.float64)
     scale, shift = _acc_vec(scale, acc), _acc_vec(shift, acc)
     y = torch.empty_like(x)
-    rc = lib.bn_normalize(_DTYPE_CODE[x.dtype], x.data_ptr(), y.data_ptr(), *geo, mean.data_ptr(),
-                          scale.data_ptr(), shift.data_ptr(), torch.get_num_threads())
+    rc = lib.bn_normalize(
+        _DTYPE_CODE[x.dtype],
+        x.data_ptr(),
+        y.data_ptr(),
+        *geo,
+        mean.data_ptr(),
+        scale.data_ptr(),
+        shift.data_ptr(),
+        torch.get_num_threads(),
+    )
     assert rc == 0, rc
     return y
 
@@ -159,9 +173,16 @@ def _backward_reduce_impl(dy: Tensor, x: Tensor, axis: int, mean: Tensor) -> tup
     # Accumulated in float64, rounded to the accumulation dtype in the kernel.
     sum_dy = torch.empty(C, dtype=acc)
     sum_dy_xmu = torch.empty(C, dtype=acc)
-    rc = lib.bn_backward_reduce(_DTYPE_CODE[x.dtype], dy.data_ptr(), x.data_ptr(), *geo,
-                                mean.data_ptr(), sum_dy.data_ptr(), sum_dy_xmu.data_ptr(),
-                                torch.get_num_threads())
+    rc = lib.bn_backward_reduce(
+        _DTYPE_CODE[x.dtype],
+        dy.data_ptr(),
+        x.data_ptr(),
+        *geo,
+        mean.data_ptr(),
+        sum_dy.data_ptr(),
+        sum_dy_xmu.data_ptr(),
+        torch.get_num_threads(),
+    )
     assert rc == 0, rc
     return sum_dy, sum_dy_xmu
 
@@ -185,14 +206,25 @@ def _backward_elemt_impl(
     mean = _acc_vec(mean, torch.float64)
     k, mean_dy, proj = _acc_vec(k, acc), _acc_vec(mean_dy, acc), _acc_vec(proj, acc)
     dx = torch.empty_like(x)
-    rc = lib.bn_backward_elemt(_DTYPE_CODE[x.dtype], dy.data_ptr(), x.data_ptr(), dx.data_ptr(),
-                               *geo, mean.data_ptr(), k.data_ptr(), mean_dy.data_ptr(),
-                               proj.data_ptr(), torch.get_num_threads())
+    rc = lib.bn_backward_elemt(
+        _DTYPE_CODE[x.dtype],
+        dy.data_ptr(),
+        x.data_ptr(),
+        dx.data_ptr(),
+        *geo,
+        mean.data_ptr(),
+        k.data_ptr(),
+        mean_dy.data_ptr(),
+        proj.data_ptr(),
+        torch.get_num_threads(),
+    )
     assert rc == 0, rc
     return dx
 
 
-def _backward_elemt_fake(dy: Tensor, x: Tensor, axis: int, mean: Tensor, k: Tensor, mean_dy: Tensor, proj: Tensor) -> Tensor:
+def _backward_elemt_fake(
+    dy: Tensor, x: Tensor, axis: int, mean: Tensor, k: Tensor, mean_dy: Tensor, proj: Tensor
+) -> Tensor:
     return torch.empty_like(x)
 
 
@@ -208,7 +240,12 @@ def _ptr(t: Tensor | None):
 
 
 def _normalize_stats_impl(
-    x: Tensor, axis: int, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
+    x: Tensor,
+    axis: int,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
     eps: float,
 ) -> tuple[Tensor, Tensor]:
     """``(y, inv_std)``: normalize with ``scale = weight * inv_std``, ``shift = bias`` and
@@ -218,8 +255,13 @@ def _normalize_stats_impl(
     lib = _cpu_build.load()
     acc = _native.acc_dtype(x.dtype)
     w, b = _opt_vec(weight, acc), _opt_vec(bias, acc)
-    if (geo is None or lib is None or x.dtype not in _DTYPE_CODE or mean.dtype not in _VEC_CODE
-            or var.dtype not in _VEC_CODE):
+    if (
+        geo is None
+        or lib is None
+        or x.dtype not in _DTYPE_CODE
+        or mean.dtype not in _VEC_CODE
+        or var.dtype not in _VEC_CODE
+    ):
         inv_std = torch.rsqrt(var.to(acc) + eps)
         scale, shift = _native.scale_shift(inv_std, w, b)
         return _normalize_impl(x, axis, mean.to(torch.float64), scale, shift), inv_std
@@ -227,9 +269,21 @@ def _normalize_stats_impl(
     var = var if var.is_contiguous() else var.contiguous()
     y = torch.empty_like(x)
     inv_std = torch.empty(geo[1], dtype=acc)
-    rc = lib.bn_normalize_stats(_DTYPE_CODE[x.dtype], x.data_ptr(), y.data_ptr(), *geo,
-                                _VEC_CODE[mean.dtype], mean.data_ptr(), _VEC_CODE[var.dtype], var.data_ptr(),
-                                _ptr(w), _ptr(b), float(eps), inv_std.data_ptr(), torch.get_num_threads())
+    rc = lib.bn_normalize_stats(
+        _DTYPE_CODE[x.dtype],
+        x.data_ptr(),
+        y.data_ptr(),
+        *geo,
+        _VEC_CODE[mean.dtype],
+        mean.data_ptr(),
+        _VEC_CODE[var.dtype],
+        var.data_ptr(),
+        _ptr(w),
+        _ptr(b),
+        float(eps),
+        inv_std.data_ptr(),
+        torch.get_num_threads(),
+    )
     assert rc == 0, rc
     return y, inv_std
 
@@ -239,8 +293,15 @@ def _normalize_stats_fake(x, axis, mean, var, weight, bias, eps):
 
 
 def _backward_elemt_stats_impl(
-    dy: Tensor, x: Tensor, axis: int, mean: Tensor, inv_std: Tensor, weight: Tensor | None,
-    sum_dy: Tensor, sum_dy_xmu: Tensor, count: int,
+    dy: Tensor,
+    x: Tensor,
+    axis: int,
+    mean: Tensor,
+    inv_std: Tensor,
+    weight: Tensor | None,
+    sum_dy: Tensor,
+    sum_dy_xmu: Tensor,
+    count: int,
 ) -> Tensor:
     """eq. 12's ``dx`` with ``k = weight * inv_std``, ``mean_dy = sum_dy / count`` and
     ``proj = sum_dy_xmu / count * inv_std^2`` made in the kernel call (same bits as the core's
@@ -251,13 +312,26 @@ def _backward_elemt_stats_impl(
     w = _opt_vec(weight, acc)
     inv_std, sum_dy, sum_dy_xmu = (_acc_vec(t, acc) for t in (inv_std, sum_dy, sum_dy_xmu))
     if geo is None or lib is None or x.dtype not in _DTYPE_CODE:
-        return _backward_elemt_impl(dy, x, axis, mean, *_native.dx_coefficients(inv_std, w, sum_dy, sum_dy_xmu, count))
+        return _backward_elemt_impl(
+            dy, x, axis, mean, *_native.dx_coefficients(inv_std, w, sum_dy, sum_dy_xmu, count)
+        )
     dy = _like(dy, x)
     mean = _acc_vec(mean, torch.float64)
     dx = torch.empty_like(x)
-    rc = lib.bn_backward_elemt_stats(_DTYPE_CODE[x.dtype], dy.data_ptr(), x.data_ptr(), dx.data_ptr(), *geo,
-                                     mean.data_ptr(), inv_std.data_ptr(), _ptr(w), sum_dy.data_ptr(),
-                                     sum_dy_xmu.data_ptr(), int(count), torch.get_num_threads())
+    rc = lib.bn_backward_elemt_stats(
+        _DTYPE_CODE[x.dtype],
+        dy.data_ptr(),
+        x.data_ptr(),
+        dx.data_ptr(),
+        *geo,
+        mean.data_ptr(),
+        inv_std.data_ptr(),
+        _ptr(w),
+        sum_dy.data_ptr(),
+        sum_dy_xmu.data_ptr(),
+        int(count),
+        torch.get_num_threads(),
+    )
     assert rc == 0, rc
     return dx
 
@@ -280,7 +354,9 @@ cpu_normalize = _op("cpu_normalize", _normalize_impl, _normalize_fake)
 cpu_backward_reduce = _op("cpu_backward_reduce", _backward_reduce_impl, _backward_reduce_fake)
 cpu_backward_elemt = _op("cpu_backward_elemt", _backward_elemt_impl, _backward_elemt_fake)
 cpu_normalize_stats = _op("cpu_normalize_stats", _normalize_stats_impl, _normalize_stats_fake)
-cpu_backward_elemt_stats = _op("cpu_backward_elemt_stats", _backward_elemt_stats_impl, _backward_elemt_stats_fake)
+cpu_backward_elemt_stats = _op(
+    "cpu_backward_elemt_stats", _backward_elemt_stats_impl, _backward_elemt_stats_fake
+)
 
 
 def _plain_eager(x: Tensor) -> bool:
@@ -350,24 +426,38 @@ def running_update(
     each step in the precision of the torch op it replaces (the same bits). Version counters
     are bumped as an in-place op would.
     """
-    if not (running_mean.dtype in _VEC_CODE
-            and running_var.dtype == running_mean.dtype
-            and (momentum is None or type(momentum) in (float, int))
-            and _flat_cpu(running_mean, _VEC_CODE) and _flat_cpu(running_var, _VEC_CODE)
-            and _flat_cpu(mean, _F64) and _flat_cpu(var, _VEC_CODE)
-            and mean.numel() == var.numel() == running_mean.numel() == running_var.numel()
-            and (num_batches_tracked is None or _counter(num_batches_tracked))
-            and (skipped_updates is None or _counter(skipped_updates))
-            and _plain_eager(running_mean)
-            and available()):
+    if not (
+        running_mean.dtype in _VEC_CODE
+        and running_var.dtype == running_mean.dtype
+        and (momentum is None or type(momentum) in (float, int))
+        and _flat_cpu(running_mean, _VEC_CODE)
+        and _flat_cpu(running_var, _VEC_CODE)
+        and _flat_cpu(mean, _F64)
+        and _flat_cpu(var, _VEC_CODE)
+        and mean.numel() == var.numel() == running_mean.numel() == running_var.numel()
+        and (num_batches_tracked is None or _counter(num_batches_tracked))
+        and (skipped_updates is None or _counter(skipped_updates))
+        and _plain_eager(running_mean)
+        and available()
+    ):
         return False
     lib = _cpu_build.load()
     cumulative = momentum is None
-    rc = lib.bn_running_update(_VEC_CODE[running_mean.dtype], running_mean.data_ptr(),
-                               running_var.data_ptr(), _VEC_CODE[var.dtype], mean.data_ptr(),
-                               var.data_ptr(), mean.numel(), int(count),
-                               0.0 if cumulative else float(momentum), int(cumulative),
-                               int(store_unbiased), _ptr(num_batches_tracked), _ptr(skipped_updates))
+    rc = lib.bn_running_update(
+        _VEC_CODE[running_mean.dtype],
+        running_mean.data_ptr(),
+        running_var.data_ptr(),
+        _VEC_CODE[var.dtype],
+        mean.data_ptr(),
+        var.data_ptr(),
+        mean.numel(),
+        int(count),
+        0.0 if cumulative else float(momentum),
+        int(cumulative),
+        int(store_unbiased),
+        _ptr(num_batches_tracked),
+        _ptr(skipped_updates),
+    )
     assert rc == 0, rc
     for t in (running_mean, running_var, num_batches_tracked, skipped_updates):
         if t is not None:

@@ -86,13 +86,63 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.bn_normalize.argtypes = [i32, vp, vp, i64, i64, i64, vp, vp, vp, i32]
     lib.bn_backward_reduce.argtypes = [i32, vp, vp, i64, i64, i64, vp, vp, vp, i32]
     lib.bn_backward_elemt.argtypes = [i32, vp, vp, vp, i64, i64, i64, vp, vp, vp, vp, i32]
-    lib.bn_running_update.argtypes = [i32, vp, vp, i32, vp, vp, i64, i64, ctypes.c_double, i32, i32,
-                                      vp, vp]
-    lib.bn_normalize_stats.argtypes = [i32, vp, vp, i64, i64, i64, i32, vp, i32, vp, vp, vp,
-                                       ctypes.c_double, vp, i32]
-    lib.bn_backward_elemt_stats.argtypes = [i32, vp, vp, vp, i64, i64, i64, vp, vp, vp, vp, vp, i64, i32]
-    for f in (lib.bn_stats, lib.bn_normalize, lib.bn_backward_reduce, lib.bn_backward_elemt,
-              lib.bn_running_update, lib.bn_normalize_stats, lib.bn_backward_elemt_stats):
+    lib.bn_running_update.argtypes = [
+        i32,
+        vp,
+        vp,
+        i32,
+        vp,
+        vp,
+        i64,
+        i64,
+        ctypes.c_double,
+        i32,
+        i32,
+        vp,
+        vp,
+    ]
+    lib.bn_normalize_stats.argtypes = [
+        i32,
+        vp,
+        vp,
+        i64,
+        i64,
+        i64,
+        i32,
+        vp,
+        i32,
+        vp,
+        vp,
+        vp,
+        ctypes.c_double,
+        vp,
+        i32,
+    ]
+    lib.bn_backward_elemt_stats.argtypes = [
+        i32,
+        vp,
+        vp,
+        vp,
+        i64,
+        i64,
+        i64,
+        vp,
+        vp,
+        vp,
+        vp,
+        vp,
+        i64,
+        i32,
+    ]
+    for f in (
+        lib.bn_stats,
+        lib.bn_normalize,
+        lib.bn_backward_reduce,
+        lib.bn_backward_elemt,
+        lib.bn_running_update,
+        lib.bn_normalize_stats,
+        lib.bn_backward_elemt_stats,
+    ):
         f.restype = i32
     if lib.bn_abi_version() != ABI_VERSION:
         raise OSError(f"{LIB_NAME} has ABI {lib.bn_abi_version()}, expected {ABI_VERSION}")
@@ -150,8 +200,10 @@ def build(force: bool = False) -> tuple[Path | None, str]:
                 pass
             continue
         return path, f"compiled {path} in {time.perf_counter() - t0:.1f} s"
-    return None, (f"compiling {SOURCE.name} with {compiler} failed (details in {', '.join(errors)}; "
-                  "`batchnorm build-kernels --force` retries)")
+    return None, (
+        f"compiling {SOURCE.name} with {compiler} failed (details in {', '.join(errors)}; "
+        "`batchnorm build-kernels --force` retries)"
+    )
 
 
 def load() -> ctypes.CDLL | None:
@@ -165,7 +217,12 @@ def load() -> ctypes.CDLL | None:
         if "lib" in _state:
             return _state["lib"]  # type: ignore[return-value]
         lib = None
-        if os.environ.get("BATCHNORM_CPU_KERNELS", "1").strip().lower() in ("0", "false", "off", "no"):
+        if os.environ.get("BATCHNORM_CPU_KERNELS", "1").strip().lower() in (
+            "0",
+            "false",
+            "off",
+            "no",
+        ):
             # Asked for: no log line.
             _state["message"] = "fast CPU kernels off (BATCHNORM_CPU_KERNELS=0)"
             _state["lib"] = None
@@ -180,7 +237,9 @@ def load() -> ctypes.CDLL | None:
             except (OSError, AttributeError) as e:
                 _state["message"] = f"could not load {path}: {e}"
         if lib is None:
-            log.warning("batchnorm: fast CPU kernels unavailable, using torch ops (%s)", _state["message"])
+            log.warning(
+                "batchnorm: fast CPU kernels unavailable, using torch ops (%s)", _state["message"]
+            )
         _state["lib"] = lib
         return lib
 
@@ -195,10 +254,15 @@ def status() -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--force", action="store_true", help="rebuild even if a cached library exists")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit with status 1 if the library cannot be built (default: report and exit 0, "
-                        "the package then uses torch ops)")
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild even if a cached library exists"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 if the library cannot be built (default: report and exit 0, "
+        "the package then uses torch ops)",
+    )
 
 
 def run(args) -> int:

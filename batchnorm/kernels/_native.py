@@ -55,8 +55,11 @@ def scale_shift(
 
 
 def dx_coefficients(
-    inv_std: torch.Tensor, weight: torch.Tensor | None, sum_dy: torch.Tensor,
-    sum_dy_xmu: torch.Tensor, count: int,
+    inv_std: torch.Tensor,
+    weight: torch.Tensor | None,
+    sum_dy: torch.Tensor,
+    sum_dy_xmu: torch.Tensor,
+    count: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """eq. 12's per-channel ``k = gamma * inv_std``, ``mean_dy = sum_dy / m`` and
     ``proj = sum_dy_xmu / m * inv_std^2`` for :func:`backward_elemt`."""
@@ -119,7 +122,9 @@ def backward_elemt(
     return dx.to(x.dtype)
 
 
-def masked_stats(x: torch.Tensor, axis: int, mask: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_stats(
+    x: torch.Tensor, axis: int, mask: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean (float64) and biased variance over the positions where ``mask`` is True.
 
     ``mean = sum(mask * x) / count``, ``var = sum(mask * (x - mean)^2) / count`` (eq. 1-2 over
