@@ -5,7 +5,7 @@ PYTHONPATH=. python benchmarks/bm_cpu.py --threads 2 --allocator both
 
 import sys
 
-from batchnorm.bench import main
+from batchnorm.cli.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import batchnorm
-from batchnorm.convert import convert
+from batchnorm.tools.convert import convert
 
 
 class Net(nn.Module):

@@ -27,15 +27,11 @@ import torch.nn.functional as TF
 from torch import nn
 
 from batchnorm import reference as ref
-from batchnorm.distributed import (
-    SyncBatchNorm,
-    SyncBatchRenorm,
-    convert_sync_batchnorm,
-    revert_sync_batchnorm,
-)
-from batchnorm.modules import BatchNorm, BatchNorm1d, BatchNorm2d
-from batchnorm.population import recompute_statistics
-from batchnorm.renorm import BatchRenorm
+from batchnorm.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d
+from batchnorm.nn.renorm import BatchRenorm
+from batchnorm.nn.sync import SyncBatchNorm, SyncBatchRenorm
+from batchnorm.tools.population import recompute_statistics
+from batchnorm.tools.sync import convert_sync_batchnorm, revert_sync_batchnorm
 
 pytestmark = pytest.mark.distributed
 
@@ -579,7 +575,7 @@ def test_torchrun_demo_two_processes_match_one(tmp_path):
 
     common = [
         "-m",
-        "batchnorm.distributed_demo",
+        "batchnorm.experiments.distributed_demo",
         "--dataset",
         "synthetic",
         "--train-samples",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import batchnorm as bn
-from batchnorm.doctor import diagnose
+from batchnorm.tools.doctor import diagnose
 
 X = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -177,12 +177,13 @@ def test_cli(tmp_path):
     assert good.returncode == 0 and "no batch-norm problems" in good.stdout
     # Argument errors, in process (a subprocess costs a torch import).
     from batchnorm.cli import build_parser
+    from batchnorm.cli import doctor as doctor_cli
 
     parser = build_parser()
-    assert bn.doctor.run(parser.parse_args(["doctor", "netdefs", "--input-shape", "2,1"])) == 2
-    assert bn.doctor.run(parser.parse_args(["doctor", "netdefs:good", "--input-shape", "2,x"])) == 2
+    assert doctor_cli.run(parser.parse_args(["doctor", "netdefs", "--input-shape", "2,1"])) == 2
+    assert doctor_cli.run(parser.parse_args(["doctor", "netdefs:good", "--input-shape", "2,x"])) == 2
     assert (
-        bn.doctor.run(parser.parse_args(["doctor", "no_such_module:f", "--input-shape", "2,1"]))
+        doctor_cli.run(parser.parse_args(["doctor", "no_such_module:f", "--input-shape", "2,1"]))
         == 2
     )
 

@@ -11,8 +11,8 @@ from torch import nn
 
 import batchnorm
 from batchnorm import reference as R
-from batchnorm.fold import fold, fold_bn_layer, fold_layer_bn
-from batchnorm.freeze import FrozenBatchNorm2d
+from batchnorm.nn.frozen import FrozenBatchNorm2d
+from batchnorm.tools.fold import fold, fold_bn_layer, fold_layer_bn
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

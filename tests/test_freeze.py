@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 import batchnorm
-from batchnorm import reference as R
-from batchnorm.freeze import (
+from batchnorm import (
     FrozenBatchNorm,
     FrozenBatchNorm1d,
     FrozenBatchNorm2d,
@@ -23,6 +22,7 @@ from batchnorm.freeze import (
     set_stats_mode,
     unfreeze,
 )
+from batchnorm import reference as R
 
 
 def trained(bn: nn.Module, shape: tuple[int, ...], steps: int = 3, seed: int = 0) -> nn.Module:

@@ -18,14 +18,14 @@ def test_pure_batch_norm_equals_core_and_leaves_inputs_alone():
     w, b = torch.rand(3, dtype=D) + 0.5, torch.randn(3, dtype=D)
     rm, rv = torch.randn(3, dtype=D), torch.rand(3, dtype=D) + 0.5
     rm0, rv0 = rm.clone(), rv.clone()
-    y, nm, nv = func.batch_norm(x, w, b, rm, rv, True, 0.2, 1e-5, 1)
+    y, nm, nv = func.batch_norm(x, rm, rv, w, b, True, 0.2, 1e-5, axis=1)
     assert torch.equal(rm, rm0) and torch.equal(rv, rv0)
     rm1, rv1 = rm.clone(), rv.clone()
     y1 = bn.batch_norm(x, rm1, rv1, w, b, True, 0.2, 1e-5)
     torch.testing.assert_close(y, y1, rtol=1e-12, atol=1e-12)
     # func uses the differentiable native kernels, the core the fast CPU ones: equal to rounding.
     torch.testing.assert_close((nm, nv), (rm1, rv1), rtol=1e-12, atol=1e-12)
-    ye, em, ev = func.batch_norm(x, w, b, rm, rv, False)
+    ye, em, ev = func.batch_norm(x, rm, rv, w, b, False)
     assert em is rm and ev is rv
     torch.testing.assert_close(ye, bn.batch_norm(x, rm, rv, w, b, False), rtol=1e-12, atol=1e-12)
 
@@ -34,7 +34,7 @@ def test_jacrev_and_grad_match_torch():
     torch.manual_seed(1)
     x = torch.randn(6, 3, dtype=D)
     w = torch.rand(3, dtype=D) + 0.5
-    ours = jacrev(lambda x, w: func.batch_norm(x, w, None, None, None, True)[0], argnums=(0, 1))(
+    ours = jacrev(lambda x, w: func.batch_norm(x, None, None, w, None, True)[0], argnums=(0, 1))(
         x, w
     )
     theirs = jacrev(
@@ -42,13 +42,13 @@ def test_jacrev_and_grad_match_torch():
     )(x, w)
     for a, c in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
-    g = grad(lambda x: func.batch_norm(x, w, None, None, None, True)[0].pow(3).sum())(x)
+    g = grad(lambda x: func.batch_norm(x, None, None, w, None, True)[0].pow(3).sum())(x)
     xr = x.clone().requires_grad_()
     torch.nn.functional.batch_norm(xr, None, None, w, None, True).pow(3).sum().backward()
     torch.testing.assert_close(g, xr.grad, rtol=1e-10, atol=1e-12)
     # vmap over independent groups of samples, each a batch with its own statistics.
     xs = torch.randn(5, 6, 3, dtype=D)
-    ys = vmap(lambda x: func.batch_norm(x, w, None, None, None, True)[0])(xs)
+    ys = vmap(lambda x: func.batch_norm(x, None, None, w, None, True)[0])(xs)
     for i in range(5):
         torch.testing.assert_close(ys[i], bn.batch_norm(xs[i], None, None, w, None, True))
 
@@ -137,7 +137,7 @@ def test_functional_call_returns_new_buffers_and_restores_model():
 
 def test_errors():
     with pytest.raises(ValueError, match="float momentum"):
-        func.batch_norm(torch.randn(4, 3), None, None, torch.zeros(3), torch.ones(3), True, None)
+        func.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), None, None, True, None)
     with pytest.raises(ValueError, match="more than one value per channel"):
         func.batch_norm(torch.randn(1, 3), None, None, None, None, True)
     with pytest.raises(TypeError, match="plain BN"):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import batchnorm
-from batchnorm.convert import KerasBatchNorm, from_keras, load_keras_weights, to_keras
+from batchnorm.tools.keras import KerasBatchNorm, from_keras, load_keras_weights, to_keras
 
 # The backend is read once, when keras is first imported: set it before, in this process.
 os.environ["KERAS_BACKEND"] = "torch"

@@ -18,9 +18,9 @@ import torch
 
 import batchnorm
 import batchnorm.functional as F
-from batchnorm import kernels
 from batchnorm import reference as ref
-from batchnorm.kernels import _cpu, _cpu_build
+from batchnorm.core import kernels
+from batchnorm.core.kernels import _cpu, _cpu_build
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = kernels.get(torch.ones(2, 2), 1)
@@ -354,7 +354,7 @@ def test_running_update_kernel_gives_the_bits_of_the_torch_op_version(case: str)
                 kernels.set_enabled(previous)
             assert rm._version > v0  # in place, seen by autograd's version check
         taken.append(
-            _cpu.running_update(
+            _cpu._running_update(
                 torch.zeros(C, dtype=bdtype),
                 torch.ones(C, dtype=bdtype),
                 mean,
@@ -378,13 +378,13 @@ def test_running_update_kernel_declines_what_it_does_not_take():
     C = 3
     mean, var = torch.zeros(C, dtype=torch.float64), torch.ones(C)
     rm, rv = torch.zeros(C), torch.ones(C)
-    assert not _cpu.running_update(rm, rv, mean, var, 8, torch.tensor(0.1), None, True, None)
-    assert not _cpu.running_update(rm.half(), rv.half(), mean, var, 8, 0.1, None, True, None)
-    assert not _cpu.running_update(rm, rv, mean.float(), var, 8, 0.1, None, True, None)
-    assert not _cpu.running_update(
+    assert not _cpu._running_update(rm, rv, mean, var, 8, torch.tensor(0.1), None, True, None)
+    assert not _cpu._running_update(rm.half(), rv.half(), mean, var, 8, 0.1, None, True, None)
+    assert not _cpu._running_update(rm, rv, mean.float(), var, 8, 0.1, None, True, None)
+    assert not _cpu._running_update(
         rm, rv, mean, var, 8, 0.1, torch.tensor(0, dtype=torch.int32), True, None
     )
-    assert not _cpu.running_update(torch.zeros(2 * C)[::2], rv, mean, var, 8, 0.1, None, True, None)
+    assert not _cpu._running_update(torch.zeros(2 * C)[::2], rv, mean, var, 8, 0.1, None, True, None)
     assert torch.equal(rm, torch.zeros(C)) and torch.equal(rv, torch.ones(C))
     # A tensor momentum still works, through the torch ops.
     F.update_running_stats(rm, rv, mean + 1, var, 8, torch.tensor(0.5))
@@ -512,7 +512,7 @@ def test_fresh_build_and_cold_start_in_a_new_process(tmp_path):
     """Compiles into an empty cache in a child process, then a second child only loads it."""
     code = (
         "import json, time, torch; t = time.perf_counter(); import batchnorm; "
-        "from batchnorm.kernels import get, _cpu_build; x = torch.randn(4, 3, 5, 5); "
+        "from batchnorm.core.kernels import get, _cpu_build; x = torch.randn(4, 3, 5, 5); "
         "name = get(x, 1).name; print(json.dumps({'name': name, 's': time.perf_counter() - t, "
         "'status': _cpu_build.status()}))"
     )
@@ -536,7 +536,7 @@ def test_fresh_build_and_cold_start_in_a_new_process(tmp_path):
 
 
 def test_disabled_by_environment_variable(tmp_path):
-    code = "import torch, batchnorm; from batchnorm.kernels import get; print(get(torch.ones(3, 2), 1).name)"
+    code = "import torch, batchnorm; from batchnorm.core.kernels import get; print(get(torch.ones(3, 2), 1).name)"
     env = {**os.environ, "BATCHNORM_CPU_KERNELS": "0", "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
@@ -571,7 +571,7 @@ def test_half_conversions_are_exact_and_round_to_nearest_even(dtype: torch.dtype
 def test_bench_runs_and_writes_its_rows(tmp_path, capsys):
     """`batchnorm bench` end to end on one small cell, re-executing itself with the tuned
     allocator (timings are never asserted: the machine is shared)."""
-    from batchnorm import bench
+    from batchnorm.cli import bench
 
     out = tmp_path / "rows.json"
     rc = bench.main(

@@ -205,7 +205,7 @@ def test_constructor_errors():
         BatchNorm2d(3, eps=0)
     with pytest.raises(ValueError, match="num_features must be a positive int"):
         BatchNorm2d(0)
-    with pytest.raises(ValueError, match="Keras momentum of 0.99 is 0.01 here"):
+    with pytest.raises(ValueError, match="Keras.s momentum m is 1 - m here"):
         BatchNorm2d(3, momentum=1.5)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import batchnorm as bn
-from batchnorm.act import _BatchNormActTrain
+from batchnorm.nn.act import _BatchNormActTrain
 
 D = torch.float64
 

@@ -8,7 +8,7 @@ import torch
 
 import batchnorm as bn
 from batchnorm import reference as ref
-from batchnorm.renorm import PAPER_D_MAX, PAPER_R_MAX, LinearSchedule, batch_renorm
+from batchnorm.nn.renorm import PAPER_D_MAX, PAPER_R_MAX, LinearSchedule, batch_renorm
 
 D = torch.float64
 

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from .. import modules as bn_modules
+from ..nn import batchnorm as bn_modules
 
 __all__ = ["NORMS", "MODELS", "ACTIVATIONS", "build_model", "norm_layer", "init_weights"]
 

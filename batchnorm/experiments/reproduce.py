@@ -95,7 +95,7 @@ def reproduce(
     """
     import torch
 
-    from .progress import Progress
+    from ..tools.progress import Progress
     from .report import write_report
     from .suite import get_experiments
     from .train import get_dataset, is_finished, run_dir, train_run

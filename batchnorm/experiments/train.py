@@ -41,12 +41,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..population import recompute_statistics
+from ..tools.population import recompute_statistics
+from ..tools.progress import Progress
 from .augment import random_affine
 from .config import Config
 from .data import Dataset, load_dataset
 from .models import ACTIVATIONS, build_model
-from .progress import Progress
 
 __all__ = ["train_run", "run_dir", "is_finished", "read_run", "get_dataset", "evaluate"]
 

@@ -43,9 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..tools.progress import Progress
     from .config import config_from_args, load_preset
     from .data import DataError
-    from .progress import Progress
     from .train import get_dataset, train_run
 
     try:

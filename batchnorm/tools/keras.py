@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .modules import BatchNorm
+from ..nn.batchnorm import BatchNorm
 
 __all__ = ["KerasBatchNorm", "from_keras", "to_keras", "load_keras_weights"]
 
@@ -411,7 +411,7 @@ def to_keras(
     Raises:
         ValueError: no running statistics, no momentum to translate, ``batch_count < 2``.
     """
-    from .freeze import FrozenBatchNorm
+    from ..nn.frozen import FrozenBatchNorm
 
     if not isinstance(bn, (_BatchNorm, FrozenBatchNorm)):
         raise TypeError(f"expected a batch-norm layer, got {type(bn).__name__}")

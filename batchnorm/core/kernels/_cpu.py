@@ -23,7 +23,8 @@ import math
 import torch
 from torch import Tensor
 
-from . import _cpu_build, _native
+from .. import running
+from . import _cpu_build, _native, plain_eager
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 # float16 runs correctly in cpu.cpp (the ops take it) but its bit-exact software conversions
@@ -359,25 +360,13 @@ cpu_backward_elemt_stats = _op(
 )
 
 
-def _plain_eager(x: Tensor) -> bool:
-    """True when nothing is tracing or transforming ``x``: no compile/export, no dispatch or
-    function mode, no functorch wrapper, a plain tensor (not Fake/Functional/a subclass)."""
-    return (
-        not torch.compiler.is_compiling()
-        and type(x) is Tensor
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._is_torch_function_mode_enabled()
-        and not torch._C._functorch.is_functorch_wrapped_tensor(x)
-    )
-
-
 def _entry(op, impl):
     """The op for anything that traces; the same implementation called directly in plain eager
     mode, which skips about 15 us of Python dispatch per primitive (the op's autograd and
     dispatcher layers have nothing to do there: the core's autograd Function owns the gradient)."""
 
     def call(*args):
-        return impl(*args) if _plain_eager(args[0]) else op(*args)
+        return impl(*args) if plain_eager(args[0]) else op(*args)
 
     call.__name__ = call.__qualname__ = op._name.split("::")[-1]
     call.__doc__ = impl.__doc__
@@ -412,12 +401,31 @@ def running_update(
     mean: Tensor,
     var: Tensor,
     count: int,
+    momentum: float | Tensor | None,
+    num_batches_tracked: Tensor | None,
+    store_unbiased: bool,
+    skipped_updates: Tensor | None,
+) -> None:
+    """The kernel set's running update: one call of ``cpu.cpp`` where :func:`_running_update`
+    takes it, else the native torch-op version (the same bits)."""
+    args = (running_mean, running_var, mean, var, count, momentum)
+    counters = (num_batches_tracked, store_unbiased, skipped_updates)
+    if not _running_update(*args, *counters):
+        running.native_running_update(*args, *counters)
+
+
+def _running_update(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    count: int,
     momentum,
     num_batches_tracked: Tensor | None,
     store_unbiased: bool,
     skipped_updates: Tensor | None,
 ) -> bool:
-    """``functional.update_running_stats`` in one call of ``cpu.cpp``; False where it declines.
+    """``update_running_stats`` in one call of ``cpu.cpp``; False where it declines.
 
     Taken in plain eager mode for contiguous float32/float64 CPU buffers, a float64 mean, a
     float32/float64 variance, a float (or None) momentum and int64 counters; anything else
@@ -427,7 +435,8 @@ def running_update(
     are bumped as an in-place op would.
     """
     if not (
-        running_mean.dtype in _VEC_CODE
+        plain_eager(running_mean)
+        and running_mean.dtype in _VEC_CODE
         and running_var.dtype == running_mean.dtype
         and (momentum is None or type(momentum) in (float, int))
         and _flat_cpu(running_mean, _VEC_CODE)
@@ -437,7 +446,6 @@ def running_update(
         and mean.numel() == var.numel() == running_mean.numel() == running_var.numel()
         and (num_batches_tracked is None or _counter(num_batches_tracked))
         and (skipped_updates is None or _counter(skipped_updates))
-        and _plain_eager(running_mean)
         and available()
     ):
         return False

@@ -14,19 +14,19 @@ import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "batchnorm._demo",
+        "batchnorm.cli.demo",
         "train a small sigmoid network with and without BN on data it makes",
     ),
     "bench": (
-        "batchnorm.bench",
+        "batchnorm.cli.bench",
         "time our CPU batch norm against torch's and the memory-bandwidth floor",
     ),
     "build-kernels": (
-        "batchnorm.kernels._cpu_build",
+        "batchnorm.cli.build_kernels",
         "compile the fast CPU kernels ahead of time (cached)",
     ),
     "doctor": (
-        "batchnorm.doctor",
+        "batchnorm.cli.doctor",
         "find batch-norm mistakes in a model (module:function returning it)",
     ),
     "reproduce": (

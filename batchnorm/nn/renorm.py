@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import functional as F
-from .modules import BatchNorm, _FixedRank
+from ..core import functional as F
+from .batchnorm import BatchNorm, Rank1d, Rank2d, Rank3d
 
 __all__ = [
     "LinearSchedule",
@@ -234,22 +234,13 @@ class BatchRenorm(BatchNorm):
         return super().extra_repr() + f", r_max={self.r_max}, d_max={self.d_max}"
 
 
-class BatchRenorm1d(BatchRenorm):
+class BatchRenorm1d(Rank1d, BatchRenorm):
     """:class:`BatchRenorm` for (N, C) or (N, C, L) input."""
 
-    _ranks, _shape_hint = (2, 3), "(N, C) or (N, C, L)"
-    _check_input_dim = _FixedRank._check_input_dim
 
-
-class BatchRenorm2d(BatchRenorm):
+class BatchRenorm2d(Rank2d, BatchRenorm):
     """:class:`BatchRenorm` for (N, C, H, W) input."""
 
-    _ranks, _shape_hint = (4,), "(N, C, H, W)"
-    _check_input_dim = _FixedRank._check_input_dim
 
-
-class BatchRenorm3d(BatchRenorm):
+class BatchRenorm3d(Rank3d, BatchRenorm):
     """:class:`BatchRenorm` for (N, C, D, H, W) input."""
-
-    _ranks, _shape_hint = (5,), "(N, C, D, H, W)"
-    _check_input_dim = _FixedRank._check_input_dim

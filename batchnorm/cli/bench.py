@@ -147,7 +147,7 @@ def measure(
     name: str, mode: str, dtype: torch.dtype, repeat: int, warmup: int, stat: str = "median"
 ) -> dict:
     """One table row: medians (or minima) of interleaved runs of torch, ours and the copy."""
-    from . import kernels
+    from ..core import kernels
 
     shape, cl = SHAPES[name]
     t_fn, o_fn, c_fn = _cases(shape, cl, dtype, mode)
@@ -197,7 +197,7 @@ t2 = time.perf_counter()
 x = torch.randn(8, 16, 32, 32)
 bn = batchnorm.BatchNorm2d(16)
 t3 = time.perf_counter(); bn(x); t4 = time.perf_counter(); bn(x); t5 = time.perf_counter()
-from batchnorm.kernels import get, _cpu_build
+from batchnorm.core.kernels import get, _cpu_build
 print(json.dumps({"import_torch_ms": (t1 - t0) * 1e3, "import_batchnorm_ms": (t2 - t1) * 1e3,
                   "first_call_ms": (t4 - t3) * 1e3, "second_call_ms": (t5 - t4) * 1e3,
                   "kernel": get(x, 1).name, "status": _cpu_build.status()}))
@@ -244,7 +244,7 @@ def _child_args(args: argparse.Namespace, allocator: str) -> list[str]:
     out = [
         sys.executable,
         "-m",
-        "batchnorm.bench",
+        "batchnorm.cli.bench",
         "--allocator",
         "inherit",
         "--no-cold-start",
@@ -301,8 +301,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
     setting = os.environ.get("GLIBC_TUNABLES") or "default"
-    from . import kernels
-    from .kernels import _cpu_build
+    from ..core import kernels
+    from ..core.kernels import _cpu_build
 
     kernels.get(torch.empty(2, 2), 1)  # build or load before any timing
     header = (

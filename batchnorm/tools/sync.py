@@ -1,140 +1,21 @@
-"""Synchronized batch norm over ``torch.distributed``, on CPU (gloo) and GPU (NCCL).
-
-:class:`SyncBatchNorm` normalizes each rank's share of a global batch with the statistics of
-the *whole* global batch, so that ``W`` processes with ``B / W`` samples each compute what one
-process computes with ``B``. The math is the core's (``functional.batch_norm`` with a
-``process_group``): per rank the four kernel primitives, between them two collectives per
-layer and step (``batchnorm._sync``):
-
-- forward, one ``all_gather`` of each rank's per-channel ``(count, mean, M2)``, merged on every
-  rank with Chan's formula in float64 (docs/math.md eq. 22);
-- backward, one ``all_reduce`` of ``(sum(dy), sum(dy * (x - mean)))``.
-
-Unlike ``torch.nn.SyncBatchNorm`` it runs on CPU tensors (gloo), accepts any rank and channel
-axis, unequal batches and ranks with zero samples.
+"""Model surgery for synchronized batch norm: every BN layer to :class:`SyncBatchNorm` and back.
 
 :func:`convert_sync_batchnorm` and :func:`revert_sync_batchnorm` swap the layers of a model in
-place of the old ones, sharing their parameters and buffers.
+place of the old ones, sharing their parameters and buffers (values, device, dtype,
+``requires_grad``, optimizer references).
 """
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._surgery import replace_modules
-from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
-from .renorm import BatchRenorm
+from ..nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from ..nn.sync import SyncBatchNorm
+from .surgery import replace_modules
 
-__all__ = ["SyncBatchNorm", "SyncBatchRenorm", "convert_sync_batchnorm", "revert_sync_batchnorm"]
-
-
-def _active_group(process_group: object | None) -> object | None:
-    """The group to synchronize over, or None (local) when there is nothing to sync with.
-
-    None when torch.distributed is not initialized or the group has one process, so a
-    synchronized layer then runs as a local one and never waits on a collective.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return None
-    group = process_group if process_group is not None else dist.group.WORLD
-    if dist.get_world_size(group) <= 1:
-        return None
-    return group
-
-
-class SyncBatchNorm(BatchNorm):
-    """:class:`~batchnorm.BatchNorm` whose training statistics span every process of a group.
-
-    In training, over the union ``U`` of the batches of all ranks of ``process_group``::
-
-        y = (x - mean_U) / sqrt(var_U + eps) * weight + bias           (var_U biased)
-        running = (1 - momentum) * running + momentum * batch_stat     (on every rank alike)
-
-    with ``running_var`` storing ``var_U * N / (N - 1)``, ``N`` the global number of values
-    per channel. Ranks may hold different batch sizes, or none (an empty input still joins
-    the collectives and returns an empty output). The input gradient is the gradient of the
-    sum of every rank's loss; the weight and bias gradients are this rank's share, which
-    DDP's gradient all-reduce (or an explicit ``all_reduce``) turns into the global ones.
-
-    It behaves exactly as :class:`~batchnorm.BatchNorm` (no collective, so no hang) in
-    evaluation, when ``torch.distributed`` is not available or not initialized, or when the
-    group has a single process. Every rank must call the layer in the same order, and take
-    the backward through it if any rank does. Double backward is not supported while
-    synchronizing. A ``ValueError`` (on every rank) if the ranks hold one value per channel
-    in all.
-
-    Args:
-        num_features, eps, momentum, affine, track_running_stats, device, dtype: as
-            :class:`~batchnorm.BatchNorm` (and ``torch.nn.SyncBatchNorm``).
-        process_group: the group to synchronize over; None means the default (world) group.
-        axis, center, scale, store_unbiased, small_batch: keyword-only, as
-            :class:`~batchnorm.BatchNorm`; ``small_batch`` applies to the global count.
-
-    Example:
-        >>> # in each process started by torchrun, after dist.init_process_group("gloo")
-        >>> model = convert_sync_batchnorm(model)
-        >>> model = torch.nn.parallel.DistributedDataParallel(model)
-    """
-
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        process_group: dist.ProcessGroup | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        axis: int = 1,
-        center: bool | None = None,
-        scale: bool | None = None,
-        store_unbiased: bool = True,
-        small_batch: str = "raise",
-    ) -> None:
-        super().__init__(
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            device,
-            dtype,
-            axis=axis,
-            center=center,
-            scale=scale,
-            store_unbiased=store_unbiased,
-            small_batch=small_batch,
-        )
-        self.process_group = process_group
-
-    def _sync_group(self) -> object | None:
-        return _active_group(self.process_group)
-
-
-class SyncBatchRenorm(BatchRenorm):
-    """Batch Renormalization (:class:`batchnorm.BatchRenorm`) with synchronized statistics.
-
-    In training the batch statistics, and so r and d, are those of the global batch over
-    ``process_group`` (the same collectives as :class:`SyncBatchNorm`); every rank applies the
-    same correction and keeps the same running statistics. Evaluation is local.
-
-    Args:
-        num_features, eps, momentum, affine, device, dtype, r_max, d_max: as
-            :class:`batchnorm.BatchRenorm` (keyword arguments of BatchNorm pass through).
-        process_group: keyword-only, the group to synchronize over; None means the world.
-    """
-
-    def __init__(self, *args, process_group: dist.ProcessGroup | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.process_group = process_group
-
-    def _sync_group(self) -> object | None:
-        return _active_group(self.process_group)
+__all__ = ["convert_sync_batchnorm", "revert_sync_batchnorm"]
 
 
 # The local classes a SyncBatchNorm may come from and go back to, exactly (a subclass may

@@ -21,16 +21,19 @@ digits where z is close to -alpha (deep in saturation), as in InPlace-ABN.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import functional as F
-from . import kernels
-from .kernels import _native
-from .kernels._native import per_channel
-from .modules import BatchNorm, _FixedRank
+from ..core import functional as F
+from ..core import validate
+from ..core.autograd import TrainOptions, closed_form_backward, train_forward
+from ..core.kernels._native import per_channel
+from ..core.stats import count_per_channel
+from .batchnorm import BatchNorm, Rank1d, Rank2d, Rank3d
 
 __all__ = ["ACTIVATIONS", "BatchNormAct", "BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d"]
 
@@ -62,51 +65,59 @@ def _invert(z: Tensor, activation: str, param: float) -> tuple[Tensor, Tensor]:
 
 
 class _BatchNormActTrain(torch.autograd.Function):
-    """Training BN + invertible activation that saves only its output (InPlace-ABN)."""
+    """Training BN + invertible activation that saves only its output (InPlace-ABN).
+
+    The forward is the core's training forward; the backward recovers ``x_hat`` from the
+    output and runs the core's closed-form backward on it (module docstring).
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps: float, axis: int, activation: str, param: float):
-        kern = kernels.get(x, axis)
-        mean, var = kern.stats(x, axis)
-        inv_std = torch.rsqrt(var + eps)
-        scale, shift = _native.scale_shift(inv_std, weight, bias)
-        z = _activate(kern.normalize(x, axis, mean, scale, shift), activation, param)
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        axis: int,
+        activation: str,
+        param: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.no_grad():
+            y, stats = train_forward(x, weight, bias, TrainOptions(axis, eps))
+        z = _activate(y, activation, param)
+        inv_std = torch.rsqrt(stats.var + eps)
         ctx.save_for_backward(z, weight, bias, inv_std)
-        ctx.axis, ctx.activation, ctx.param, ctx.count = (
-            axis,
-            activation,
-            param,
-            x.numel() // x.shape[axis],
-        )
-        ctx.mark_non_differentiable(mean, var)
-        return z, mean, var
+        ctx.axis, ctx.activation, ctx.param, ctx.count = axis, activation, param, stats.count
+        ctx.mark_non_differentiable(stats.mean, stats.var)
+        return z, stats.mean, stats.var
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dz, _dmean, _dvar):
+    def backward(  # type: ignore[override]
+        ctx: Any, dz: Tensor, _dmean: Any, _dvar: Any
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None, None]:
         z, weight, bias, inv_std = ctx.saved_tensors
-        axis, m = ctx.axis, ctx.count
+        axis = ctx.axis
         acc = inv_std.dtype
         y, act_grad = _invert(z.to(acc), ctx.activation, ctx.param)
         dy = dz.to(acc) * act_grad
-        pc = lambda v: per_channel(v.to(acc), z.ndim, axis)  # noqa: E731
-        x_hat = y if bias is None else y - pc(bias)
+        x_hat = y if bias is None else y - per_channel(bias.to(acc), z.ndim, axis)
         if weight is not None:
-            x_hat = x_hat / pc(weight)
-        kern = kernels.get(x_hat, axis)
-        zero = torch.zeros_like(inv_std, dtype=torch.float64)  # x_hat has mean 0 by construction
-        sum_dy, sum_dy_xhat = kern.backward_reduce(dy, x_hat, axis, zero)
-        grad_x = grad_w = grad_b = None
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if need_w:
-            grad_w = sum_dy_xhat.to(weight.dtype)  # (eq. 9)
-        if need_b:
-            grad_b = sum_dy.to(bias.dtype)  # (eq. 10)
-        if need_x:
-            k = inv_std if weight is None else weight.to(acc) * inv_std
-            grad_x = kern.backward_elemt(dy, x_hat, axis, zero, k, sum_dy / m, sum_dy_xhat / m).to(
-                z.dtype
-            )  # (eq. 12)
+            x_hat = x_hat / per_channel(weight.to(acc), z.ndim, axis)
+        # x_hat has mean 0 and "inv_std" 1 by construction; k keeps the true inv_std.
+        grad_x, grad_w, grad_b = closed_form_backward(
+            dy,
+            x_hat,
+            axis,
+            torch.zeros_like(inv_std, dtype=torch.float64),
+            torch.ones_like(inv_std),
+            weight,
+            ctx.count,
+            ctx.needs_input_grad[:3],
+            k_inv_std=inv_std,
+        )
+        if grad_x is not None:
+            grad_x = grad_x.to(z.dtype)
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
@@ -158,10 +169,10 @@ class BatchNormAct(BatchNorm):
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         fused = self.memory_efficient and mask is None and self.training and input.shape[0] > 1
         fused = fused and torch.is_grad_enabled()
-        if not fused or input.numel() // input.shape[self.axis % input.ndim] < 2:
+        if not fused or count_per_channel(input, self.axis % input.ndim) < 2:
             return _activate(super().forward(input, mask), self.activation, self.activation_param)
         self._check_input_dim(input)
-        axis = F._check_inputs(
+        axis = validate.check_inputs(
             input,
             self.running_mean,
             self.running_var,
@@ -186,7 +197,7 @@ class BatchNormAct(BatchNorm):
                 self.running_var,
                 mean,
                 var,
-                input.numel() // input.shape[axis],
+                count_per_channel(input, axis),
                 self.momentum,
                 num_batches_tracked=self.num_batches_tracked,
                 store_unbiased=self.store_unbiased,
@@ -201,22 +212,13 @@ class BatchNormAct(BatchNorm):
         return s + (", memory_efficient=True" if self.memory_efficient else "")
 
 
-class BatchNormAct1d(BatchNormAct):
+class BatchNormAct1d(Rank1d, BatchNormAct):
     """:class:`BatchNormAct` for (N, C) or (N, C, L) input."""
 
-    _ranks, _shape_hint = (2, 3), "(N, C) or (N, C, L)"
-    _check_input_dim = _FixedRank._check_input_dim
 
-
-class BatchNormAct2d(BatchNormAct):
+class BatchNormAct2d(Rank2d, BatchNormAct):
     """:class:`BatchNormAct` for (N, C, H, W) input."""
 
-    _ranks, _shape_hint = (4,), "(N, C, H, W)"
-    _check_input_dim = _FixedRank._check_input_dim
 
-
-class BatchNormAct3d(BatchNormAct):
+class BatchNormAct3d(Rank3d, BatchNormAct):
     """:class:`BatchNormAct` for (N, C, D, H, W) input."""
-
-    _ranks, _shape_hint = (5,), "(N, C, D, H, W)"
-    _check_input_dim = _FixedRank._check_input_dim

@@ -27,8 +27,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import functional as F
-from .modules import BatchNorm, _FixedRank
+from ..core import functional as F
+from ..core import validate
+from ..core.autograd import TrainOptions, train_forward
+from ..core.stats import bessel, count_per_channel
+from .batchnorm import BatchNorm, Rank1d, Rank2d, Rank3d
 
 __all__ = [
     "ghost_batch_norm",
@@ -61,9 +64,9 @@ def _ghost_train(
     xv = xv.reshape(*xv.shape[:axis], G * C, *xv.shape[axis + 2 :])  # (g, ..., G*C, ...)
     w = None if weight is None else weight.repeat(G)  # (G*C,) gamma of channel c at g*C + c
     b = None if bias is None else bias.repeat(G)
-    yv, mean, var = F._BatchNormTrain.apply(xv, w, b, eps, axis)
+    yv, stats = train_forward(xv, w, b, TrainOptions(axis, eps))
     yv = yv.reshape(*yv.shape[:axis], G, C, *yv.shape[axis + 1 :]).movedim(axis, 0)  # (G, g, ...)
-    return yv.reshape(G * g, *rest), mean.reshape(G, C), var.reshape(G, C)
+    return yv.reshape(G * g, *rest), stats.mean.reshape(G, C), stats.var.reshape(G, C)
 
 
 def ghost_batch_norm(
@@ -110,15 +113,15 @@ def ghost_batch_norm(
         return F.batch_norm(
             input, running_mean, running_var, weight, bias, False, momentum, eps, axis=axis
         )
-    axis = F._check_inputs(
+    axis = validate.check_inputs(
         input, running_mean, running_var, weight, bias, True, momentum, eps, axis
     )
     if axis == 0:
         raise ValueError(
             "ghost_batch_norm splits axis 0 (the batch) into ghosts, so channels cannot be on axis 0"
         )
-    n, C = input.shape[0], input.shape[axis]
-    per_sample = input.numel() // max(n * C, 1)  # values per channel in one sample
+    n = input.shape[0]
+    per_sample = count_per_channel(input, axis) // max(n, 1)  # values per channel in one sample
     if ghost_size * per_sample < 2 and n > 1:
         raise ValueError(
             f"ghost_size={ghost_size} gives ghost batches with one value per channel for input of "
@@ -131,8 +134,8 @@ def ghost_batch_norm(
         ys.append(y), means.append(mean), variances.append(var)
         sizes += [ghost_size] * G
     if n_head < n:
-        y, mean, var = F._BatchNormTrain.apply(input[n_head:], weight, bias, eps, axis)
-        ys.append(y), means.append(mean[None]), variances.append(var[None])
+        y, stats = train_forward(input[n_head:], weight, bias, TrainOptions(axis, eps))
+        ys.append(y), means.append(stats.mean[None]), variances.append(stats.var[None])
         sizes.append(n - n_head)
     y = ys[0] if len(ys) == 1 else torch.cat(ys, 0)
     if running_mean is not None and input.numel() > 0:
@@ -141,14 +144,8 @@ def ghost_batch_norm(
         w = torch.tensor([s / n for s in sizes], dtype=var.dtype, device=var.device)[:, None]
         if store_unbiased:
             # (eq. 16) per ghost, with m_k = n_k * per_sample values behind var_k.
-            var = (
-                var
-                * torch.tensor(
-                    [s * per_sample / (s * per_sample - 1) for s in sizes],
-                    dtype=var.dtype,
-                    device=var.device,
-                )[:, None]
-            )
+            counts = torch.tensor([s * per_sample for s in sizes], device=var.device)[:, None]
+            var = bessel(var, counts)
         F.update_running_stats(
             running_mean,
             running_var,
@@ -212,22 +209,13 @@ class GhostBatchNorm(BatchNorm):
         return super().extra_repr() + f", ghost_size={self.ghost_size}"
 
 
-class GhostBatchNorm1d(GhostBatchNorm):
+class GhostBatchNorm1d(Rank1d, GhostBatchNorm):
     """:class:`GhostBatchNorm` for (N, C) or (N, C, L) input."""
 
-    _ranks, _shape_hint = (2, 3), "(N, C) or (N, C, L)"
-    _check_input_dim = _FixedRank._check_input_dim
 
-
-class GhostBatchNorm2d(GhostBatchNorm):
+class GhostBatchNorm2d(Rank2d, GhostBatchNorm):
     """:class:`GhostBatchNorm` for (N, C, H, W) input."""
 
-    _ranks, _shape_hint = (4,), "(N, C, H, W)"
-    _check_input_dim = _FixedRank._check_input_dim
 
-
-class GhostBatchNorm3d(GhostBatchNorm):
+class GhostBatchNorm3d(Rank3d, GhostBatchNorm):
     """:class:`GhostBatchNorm` for (N, C, D, H, W) input."""
-
-    _ranks, _shape_hint = (5,), "(N, C, D, H, W)"
-    _check_input_dim = _FixedRank._check_input_dim

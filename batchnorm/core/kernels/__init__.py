@@ -20,6 +20,10 @@ The primitives, per channel ``c`` over the reduction set ``R`` (every axis but `
   ``sum_R dy * (x - mean)``.
 - ``backward_elemt(dy, x, axis, mean, k, mean_dy, proj) -> dx``:
   ``dx = k * (dy - mean_dy - (x - mean) * proj)`` (eq. 12).
+- ``running_update(running_mean, running_var, mean, var, count, momentum,
+  num_batches_tracked, store_unbiased, skipped_updates) -> None``: the running-statistics
+  update of ``functional.update_running_stats`` in place (eq. 13-16, a non-finite batch
+  skipped and counted), chosen by the buffers' device (:func:`for_buffers`).
 
 ``mean`` is always float64; ``scale``, ``shift``, ``k``, ``mean_dy`` and ``proj`` are in the
 accumulation dtype. A kernel set declines an input through ``supports`` (:class:`Kernels`).
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import running
 from . import _native
 
 
@@ -62,6 +67,7 @@ class Kernels:
     normalize: Callable
     backward_reduce: Callable
     backward_elemt: Callable
+    running_update: Callable[..., None]
     normalize_stats: Callable | None = None
     backward_elemt_stats: Callable | None = None
 
@@ -73,6 +79,7 @@ NATIVE = Kernels(
     normalize=_native.normalize,
     backward_reduce=_native.backward_reduce,
     backward_elemt=_native.backward_elemt,
+    running_update=running.native_running_update,
 )
 
 _REGISTRY: dict[str, Kernels] = {}
@@ -105,6 +112,28 @@ def get(x: torch.Tensor, axis: int) -> Kernels:
     return NATIVE
 
 
+def for_buffers(buffer: torch.Tensor) -> Kernels:
+    """The kernel set for per-channel buffers (the running update): by device alone; the
+    set's ``running_update`` falls back to the native one for what it does not cover."""
+    if _ENABLED:
+        fast = _REGISTRY.get(buffer.device.type)
+        if fast is not None:
+            return fast
+    return NATIVE
+
+
+def plain_eager(x: torch.Tensor) -> bool:
+    """True when nothing is tracing or transforming ``x``: no compile/export, no dispatch or
+    function mode, no functorch wrapper, a plain tensor (not Fake/Functional/a subclass)."""
+    return (
+        not torch.compiler.is_compiling()
+        and type(x) is torch.Tensor
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+        and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    )
+
+
 # The fast CPU set (cpu.cpp as torch.library custom ops). Importing it defines the ops only;
 # the library is built or loaded on the first supports() call, and where that is impossible
 # supports() is False and NATIVE runs.
@@ -119,9 +148,19 @@ register(
         normalize=_cpu.normalize,
         backward_reduce=_cpu.backward_reduce,
         backward_elemt=_cpu.backward_elemt,
+        running_update=_cpu.running_update,
         normalize_stats=_cpu.normalize_stats,
         backward_elemt_stats=_cpu.backward_elemt_stats,
     ),
 )
 
-__all__ = ["Kernels", "NATIVE", "register", "set_enabled", "enabled", "get"]
+__all__ = [
+    "NATIVE",
+    "Kernels",
+    "enabled",
+    "for_buffers",
+    "get",
+    "plain_eager",
+    "register",
+    "set_enabled",
+]

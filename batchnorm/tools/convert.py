@@ -4,7 +4,7 @@
 :class:`batchnorm.BatchNorm1d/2d/3d` (the state_dict keys are the same), keeping device,
 dtype, training flag, ``requires_grad`` and state, so outputs are identical up to the
 rounding of the two implementations. Keras's ``BatchNormalization`` weights are translated by
-:func:`from_keras` / :func:`to_keras` (in ``batchnorm/_keras.py``, re-exported here).
+:func:`batchnorm.from_keras` / :func:`batchnorm.to_keras` (``batchnorm.tools.keras``).
 """
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._keras import KerasBatchNorm as KerasBatchNorm
-from ._keras import from_keras as from_keras
-from ._keras import load_keras_weights as load_keras_weights
-from ._keras import to_keras as to_keras
-from ._surgery import replace_modules
-from .modules import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from ..core.collectives import is_distributed
+from ..nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .surgery import replace_modules
 
-__all__ = ["convert", "from_keras", "to_keras", "load_keras_weights", "KerasBatchNorm"]
+__all__ = ["convert"]
 
 _TO_OURS: dict[type, type] = {
     nn.BatchNorm1d: BatchNorm1d,
@@ -48,15 +45,10 @@ def _copy_state(old: nn.Module, new: nn.Module) -> nn.Module:
     return new
 
 
-def _distributed() -> bool:
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def _to_ours(name: str, m: nn.Module) -> nn.Module | None:
     cls = _TO_OURS.get(type(m))
     if cls is None and type(m) is nn.SyncBatchNorm:
-        if _distributed():
+        if is_distributed():
             raise ValueError(
                 f"{name or 'the model'} is a torch.nn.SyncBatchNorm in a running process group of "
                 f"{torch.distributed.get_world_size()}: converting it to a per-process BN would silently "

@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as TF
 from torch import nn
 
-from .distributed import convert_sync_batchnorm
+from ..tools.sync import convert_sync_batchnorm
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -124,9 +124,9 @@ def _evaluate(
 
 def train(args: argparse.Namespace) -> dict:
     """Train with ``WORLD_SIZE`` processes (1 without torchrun); return rank 0's summary."""
-    from .experiments.config import Config
-    from .experiments.data import load_dataset
-    from .experiments.models import build_model
+    from .config import Config
+    from .data import load_dataset
+    from .models import build_model
 
     rank, world, local_rank = _init_distributed(args.device)
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))

@@ -13,7 +13,7 @@ import time
 import torch
 from torch import nn
 
-from .modules import BatchNorm1d
+from ..nn.batchnorm import BatchNorm1d
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,13 +10,64 @@ broadcast) accept them, and their ``state_dict`` keys are torch's: ``weight``, `
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import functional as F
+from ..core import functional as F
+from ..core import validate
 
-__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = [
+    "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "FrozenStatisticsWarning",
+    "Rank1d",
+    "Rank2d",
+    "Rank3d",
+    "frozen_params_updating",
+    "warn_frozen_params_updating",
+]
+
+
+class FrozenStatisticsWarning(UserWarning):
+    """A BN layer's gamma/beta are frozen but its running statistics still update in training."""
+
+
+def frozen_params_updating(bn: nn.Module, *, training: bool | None = None) -> bool:
+    """The fine-tuning bug: gamma/beta frozen (``requires_grad=False``) while training still
+    moves the running statistics.
+
+    True for a BN layer (ours or torch.nn) in training mode that tracks running statistics,
+    has no statistics policy that stops the updates (``set_stats_mode``), and whose affine
+    parameters all have ``requires_grad=False``. The one home of this rule: the layers' own
+    warning, ``check_frozen`` and the doctor all ask it. ``training`` overrides the layer's
+    own flag (the doctor reads the flags as they were before its probe).
+    """
+    training = getattr(bn, "training", False) if training is None else training
+    if not (training and getattr(bn, "track_running_stats", False)):
+        return False
+    if getattr(bn, "stats_mode", None) not in (None, "batch"):  # "running"/"frozen": no update
+        return False
+    params = [p for p in (getattr(bn, "weight", None), getattr(bn, "bias", None)) if p is not None]
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+def warn_frozen_params_updating(bn: nn.Module, name: str = "", stacklevel: int = 4) -> None:
+    """Emit :class:`FrozenStatisticsWarning` for ``bn``."""
+    where = f" {name!r}" if name else ""
+    warnings.warn(
+        f"{type(bn).__name__}{where} has weight/bias with requires_grad=False but is in training "
+        "mode, so its running statistics still update on every batch (the common fine-tuning "
+        "bug). Freeze it completely with batchnorm.freeze(model) or "
+        "batchnorm.set_stats_mode(layer, 'frozen'), or call layer.eval() after model.train()",
+        FrozenStatisticsWarning,
+        stacklevel=stacklevel,
+    )
 
 
 class BatchNorm(_BatchNorm):
@@ -81,17 +132,7 @@ class BatchNorm(_BatchNorm):
         store_unbiased: bool = True,
         small_batch: str = "raise",
     ) -> None:
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(
-                f"num_features must be a positive int (the number of channels), got {num_features!r}"
-            )
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}; PyTorch's default is 1e-5, Keras's 1e-3")
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(
-                f"momentum must be in [0, 1] or None, got {momentum}; it weighs the new batch "
-                "(PyTorch convention): a Keras momentum of 0.99 is 0.01 here"
-            )
+        validate.check_hyper(num_features, eps, momentum, small_batch)
         center = affine if center is None else center
         scale = affine if scale is None else scale
         super().__init__(
@@ -99,10 +140,6 @@ class BatchNorm(_BatchNorm):
         )
         self.axis = axis
         self.store_unbiased = store_unbiased
-        if small_batch not in F.SMALL_BATCH_POLICIES:
-            raise ValueError(
-                f"small_batch must be one of {F.SMALL_BATCH_POLICIES}, got {small_batch!r}"
-            )
         self.small_batch = small_batch
         if self.affine and not scale:
             self.register_parameter("weight", None)
@@ -129,6 +166,7 @@ class BatchNorm(_BatchNorm):
     # Statistics policy (batchnorm.freeze.set_stats_mode): None follows self.training as
     # torch.nn does; "batch" / "running" / "frozen" fix the choice through model.train().
     stats_mode: str | None = None
+    _warned_frozen = False
 
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """Normalize ``input``; ``mask`` (bool, True = valid) restricts the statistics."""
@@ -139,8 +177,10 @@ class BatchNorm(_BatchNorm):
         if self.stats_mode is None:
             use_batch_stats = self.training or no_stats
             update = self.training and self.track_running_stats
-            if update and torch.is_grad_enabled() and self.affine:
-                _warn_if_params_frozen(self)
+            if update and torch.is_grad_enabled() and self.affine and not self._warned_frozen:
+                if frozen_params_updating(self):
+                    self._warned_frozen = True  # once per layer
+                    warn_frozen_params_updating(self)
         else:
             use_batch_stats = self.stats_mode == "batch" or no_stats
             update = self.stats_mode == "batch" and self.training and self.track_running_stats
@@ -186,76 +226,59 @@ class BatchNorm(_BatchNorm):
         return s
 
 
-def _warn_if_params_frozen(bn: BatchNorm) -> None:
-    """Warn once per layer: gamma/beta frozen while the running statistics still move."""
-    params = [p for p in (bn.weight, bn.bias) if p is not None]
-    if (
-        params
-        and not any(p.requires_grad for p in params)
-        and not getattr(bn, "_warned_frozen", False)
-    ):
-        from .freeze import warn_frozen_params_updating  # lazy: freeze imports this module
+class _RankMixin:
+    """Channels on axis 1 and torch.nn's rank check, for every rank-specific class.
 
-        bn._warned_frozen = True
-        warn_frozen_params_updating(bn)
-
-
-class _FixedRank(BatchNorm):
-    """A ``BatchNorm`` with channels on axis 1 and torch's rank check."""
+    Put first among the bases (``class BatchNorm2d(Rank2d, BatchNorm)``): the constructor
+    takes the base's arguments with the channel axis fixed at 1.
+    """
 
     _ranks: tuple[int, ...] = ()
     _shape_hint = ""
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        small_batch: str = "raise",
-    ) -> None:
-        super().__init__(
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            device,
-            dtype,
-            axis=1,
-            small_batch=small_batch,
-        )
+    def __init__(self, *args: Any, axis: int = 1, **kwargs: Any) -> None:
+        if axis != 1:
+            raise ValueError(
+                f"{type(self).__name__} has channels on axis 1, got axis={axis}; use the "
+                "rank-free class (e.g. batchnorm.BatchNorm(num_features, axis=-1)) for another axis"
+            )
+        super().__init__(*args, axis=1, **kwargs)
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() not in self._ranks:
             want = " or ".join(f"{r}D" for r in self._ranks)
             raise ValueError(
-                f"{type(self).__name__} expects {want} input {self._shape_hint}, got {input.dim()}D "
-                f"input of shape {tuple(input.shape)}; use the BatchNorm of the matching rank, or "
-                "batchnorm.BatchNorm(num_features, axis=...) for any rank"
+                f"{type(self).__name__} expects {want} input {self._shape_hint}, got "
+                f"{input.dim()}D input of shape {tuple(input.shape)}; use the class of the "
+                "matching rank, or the rank-free class with axis=... for any rank"
             )
 
 
-class BatchNorm1d(_FixedRank):
+class Rank1d(_RankMixin):
+    """(N, C) or (N, C, L) input, as ``torch.nn.BatchNorm1d``."""
+
+    _ranks, _shape_hint = (2, 3), "(N, C) or (N, C, L)"
+
+
+class Rank2d(_RankMixin):
+    """(N, C, H, W) input (any memory format), as ``torch.nn.BatchNorm2d``."""
+
+    _ranks, _shape_hint = (4,), "(N, C, H, W)"
+
+
+class Rank3d(_RankMixin):
+    """(N, C, D, H, W) input, as ``torch.nn.BatchNorm3d``."""
+
+    _ranks, _shape_hint = (5,), "(N, C, D, H, W)"
+
+
+class BatchNorm1d(Rank1d, BatchNorm):
     """:class:`BatchNorm` for (N, C) or (N, C, L) input, as ``torch.nn.BatchNorm1d``."""
 
-    _ranks = (2, 3)
-    _shape_hint = "(N, C) or (N, C, L)"
 
-
-class BatchNorm2d(_FixedRank):
+class BatchNorm2d(Rank2d, BatchNorm):
     """:class:`BatchNorm` for (N, C, H, W) input (any memory format), as ``torch.nn.BatchNorm2d``."""
 
-    _ranks = (4,)
-    _shape_hint = "(N, C, H, W)"
 
-
-class BatchNorm3d(_FixedRank):
+class BatchNorm3d(Rank3d, BatchNorm):
     """:class:`BatchNorm` for (N, C, D, H, W) input, as ``torch.nn.BatchNorm3d``."""
-
-    _ranks = (5,)
-    _shape_hint = "(N, C, D, H, W)"

@@ -41,9 +41,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from . import functional as F
-from .freeze import FrozenBatchNorm
-from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from ..core import functional as F
+from ..nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from ..nn.frozen import FrozenBatchNorm
 
 __all__ = ["fold", "fold_layer_bn", "fold_bn_layer", "FoldReport", "FOLDABLE_LAYERS"]
 

@@ -21,8 +21,6 @@ result. Every BN module counts: ours and ``torch.nn.BatchNorm*d`` / ``SyncBatchN
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +29,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import batch_stats
+from ..core.collectives import active_group, all_gather_moments
+from ..core.functional import batch_stats
+from ..core.stats import Moments, bessel, count_per_channel
+from .progress import Progress
 
 __all__ = ["recompute_statistics", "bn_layers"]
 
@@ -49,26 +50,15 @@ def bn_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
 class _Accumulator:
     """Per-channel (count, mean, M2) merged batch by batch (Chan, eq. 19-21), in float64."""
 
-    count: float = 0.0
-    mean: Tensor | None = None
-    m2: Tensor | None = None
-    # For the paper's estimator: sum over batches of n_b * m_b/(m_b - 1) * s2_b.
+    moments: Moments | None = None
+    # For the paper's estimator: sum over batches of n_b * m_b/(m_b - 1) * s2_b (eq. 18).
     paper: Tensor | None = None
-    batches: int = 0
 
     def add(self, n: int, mean: Tensor, var: Tensor) -> None:
-        mean, var = mean.double(), var.double()
-        if self.mean is None:
-            self.count, self.mean, self.m2 = float(n), mean.clone(), var * n
-            self.paper = var * (n * n / (n - 1)) if n > 1 else torch.zeros_like(var)
-        else:
-            total = self.count + n
-            delta = mean - self.mean
-            self.mean = self.mean + delta * (n / total)
-            self.m2 = self.m2 + var * n + delta * delta * (self.count * n / total)
-            self.paper = self.paper + (var * (n * n / (n - 1)) if n > 1 else 0.0)
-            self.count = total
-        self.batches += 1
+        part = Moments.of(n, mean, var)
+        self.moments = part if self.moments is None else self.moments.merge(part)
+        term = n * bessel(var.double(), n)  # 0 for n == 1 (its variance is 0)
+        self.paper = term if self.paper is None else self.paper + term
 
 
 def _layer_axis(module: _BatchNorm) -> int:
@@ -94,82 +84,6 @@ def _model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-class _Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal or asked for."""
-
-    def __init__(self, total: int | None, enabled: bool, label: str) -> None:
-        self.total, self.enabled, self.label = total, enabled, label
-        self.start = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        if self.total:
-            frac = min(done / self.total, 1.0)
-            bar = "#" * int(30 * frac)
-            sys.stderr.write(f"\r{self.label} [{bar:<30}] {done}/{self.total} {elapsed:.1f}s")
-        else:
-            sys.stderr.write(f"\r{self.label} {done} batches {elapsed:.1f}s")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
-def _all_reduce_pooled(
-    accs: list[_Accumulator], process_group: Any
-) -> list[tuple[float, Tensor, Tensor, Tensor]]:
-    """Global (count, mean, M2, paper-sum) per layer from every process's accumulators.
-
-    Two packed all_reduces for all layers together: first the counts and count-weighted
-    means, then the M2 terms about the *global* mean (eq. 22), which stays stable when
-    the per-process means differ a lot.
-    """
-    import torch.distributed as dist
-
-    counts = torch.tensor([a.count for a in accs], dtype=torch.float64)
-    sums = [a.mean * a.count for a in accs]
-    packed = torch.cat([counts] + sums)
-    device = accs[0].mean.device
-    backend = dist.get_backend(process_group)
-    if backend == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    packed = packed.to(device)
-    dist.all_reduce(packed, group=process_group)
-    n_layers = len(accs)
-    g_counts = packed[:n_layers].cpu()
-    offset, g_means = n_layers, []
-    for a in accs:
-        c = a.mean.numel()
-        g_means.append(packed[offset : offset + c].cpu() / g_counts[len(g_means)].clamp(min=1))
-        offset += c
-    second = torch.cat(
-        [a.m2 + a.count * (a.mean - gm) ** 2 for a, gm in zip(accs, g_means)]
-        + [a.paper for a in accs]
-    ).to(device)
-    dist.all_reduce(second, group=process_group)
-    second = second.cpu()
-    out, offset = [], 0
-    sizes = [a.mean.numel() for a in accs]
-    m2s = []
-    for c in sizes:
-        m2s.append(second[offset : offset + c])
-        offset += c
-    for i, c in enumerate(sizes):
-        out.append((float(g_counts[i]), g_means[i], m2s[i], second[offset : offset + c]))
-        offset += c
-    return out
-
-
-def _distributed(process_group: Any) -> bool:
-    """Whether the statistics are all-reduced: torch.distributed initialized, group of > 1."""
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1
-
-
 class _StopForward(Exception):
     """Raised by a hook once the layer being measured has seen its input (mode="eval")."""
 
@@ -180,30 +94,40 @@ def _finalize(
     estimator: str,
     process_group: Any,
 ) -> None:
-    """Write the (all-reduced) statistics of ``accs`` into the layers' running buffers."""
-    if _distributed(process_group):
-        # A process whose shard is empty (or reached no layer) still joins the all-reduce
+    """Write the (merged over processes) statistics of ``accs`` into the layers' buffers."""
+    group = active_group(process_group)
+    merged: list[tuple[float, Tensor, Tensor, Tensor] | None] = []
+    if group is not None:
+        # A process whose shard is empty (or reached no layer) still joins the collective
         # with count 0, and the check runs on the global counts, alike on every rank: no
         # process is left waiting in a collective.
-        for (_, m), a in zip(layers, accs):
-            if a.mean is None:
-                zeros = m.running_mean.new_zeros(m.num_features, dtype=torch.float64)
-                a.count, a.mean, a.m2, a.paper = 0.0, zeros, zeros.clone(), zeros.clone()
-        merged = _all_reduce_pooled(accs, process_group)
-        missing = [name for (name, _), (count, *_) in zip(layers, merged) if count == 0]
+        parts, papers = [], []
+        for (_, m), a in zip(layers, accs, strict=True):
+            zeros = m.running_mean.new_zeros(m.num_features, dtype=torch.float64)
+            mo = a.moments or Moments(0.0, zeros, zeros)
+            parts.append((mo.count, mo.mean, mo.m2))
+            papers.append(zeros if a.paper is None else a.paper)
+        for (count, mean, m2), paper in zip(
+            *all_gather_moments(parts, group, sums=papers), strict=True
+        ):
+            merged.append((count, mean, m2, paper) if count > 0 else None)
     else:
-        missing = [name for (name, _), a in zip(layers, accs) if a.mean is None]
-        merged = [(a.count, a.mean, a.m2, a.paper) for a in accs]
+        for a in accs:
+            mo = a.moments
+            merged.append(None if mo is None else (mo.count, mo.mean, mo.m2, a.paper))
+    missing = [name for (name, _), mg in zip(layers, merged, strict=True) if mg is None]
     if missing:
         raise ValueError(
             f"no batch reached the BN layer(s) {missing}; check that forward runs them, "
             "or remove them from the model"
         )
     with torch.no_grad():
-        for (_, m), (count, mean, m2, paper) in zip(layers, merged):
+        for (_, m), mg in zip(layers, merged, strict=True):
+            assert mg is not None
+            count, mean, m2, paper = mg
             if estimator == "pooled":
                 unbiased = getattr(m, "store_unbiased", True)
-                var = m2 / (count - 1) if unbiased and count > 1 else m2 / count  # (eq. 21)
+                var = Moments(count, mean, m2).var(unbiased)  # (eq. 21)
             else:
                 var = paper / count  # (eq. 18), batches weighted by size
             m.running_mean.copy_(mean.to(m.running_mean))
@@ -299,7 +223,7 @@ def recompute_statistics(
         def hook(module: _BatchNorm, args: tuple[Any, ...]) -> None:
             x = args[0]
             axis = _layer_axis(module) % x.ndim
-            n = x.numel() // x.shape[axis] if x.numel() else 0
+            n = count_per_channel(x, axis)
             if n > 0:
                 mean, var = batch_stats(x.detach(), axis)
                 accs[id(module)].add(n, mean, var)
@@ -307,7 +231,7 @@ def recompute_statistics(
                 raise _StopForward
 
         handles = [m.register_forward_pre_hook(hook) for m in hooked]
-        bar = _Progress(num_batches, progress, label)
+        bar = Progress(num_batches, unit="batches", enabled=progress, label=label)
         seen_batches = seen_samples = 0
         try:
             with torch.no_grad():
@@ -328,12 +252,12 @@ def recompute_statistics(
                     except _StopForward:
                         pass
                     seen_batches += 1
-                    bar.update(seen_batches)
+                    bar.update()
         finally:
             bar.close()
             for h in handles:
                 h.remove()
-        if seen_batches == 0 and not _distributed(process_group):
+        if seen_batches == 0 and active_group(process_group) is None:
             raise ValueError("recompute_statistics got no batch: the iterable was empty")
         return [accs[id(m)] for m in hooked]
 

@@ -1,0 +1,159 @@
+"""Frozen batch norm: gamma, beta and the statistics as buffers, the fixed map of eq. 23-24.
+
+:class:`FrozenBatchNorm` (and ``1d/2d/3d``) never trains and never updates: the layer is
+``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` whatever
+``model.train()`` says, and gradients still flow to its input. ``batchnorm.freeze`` /
+``batchnorm.unfreeze`` swap such layers in and out of a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..core import functional as F
+from ..core import validate
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Rank1d, Rank2d, Rank3d, _RankMixin
+
+__all__ = ["FrozenBatchNorm", "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d"]
+
+
+class FrozenBatchNorm(nn.Module):
+    """Batch norm with fixed statistics and fixed gamma, beta: buffers only.
+
+    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias``   (eq. 23-24)
+
+    in training and evaluation alike: nothing is learned or updated, and ``model.train()``
+    changes nothing. The gradient with respect to the input flows as through eval BN.
+    The state_dict keys are torch's (``weight``, ``bias``, ``running_mean``, ``running_var``);
+    a ``num_batches_tracked`` entry is ignored on load, and a state dict without
+    ``weight``/``bias`` (an ``affine=False`` layer) loads as gamma = 1, beta = 0.
+
+    Args:
+        num_features: number of channels C.
+        eps: added to the variance inside the square root; > 0.
+        axis: keyword-only, the channel axis.
+        device, dtype: keyword-only, of the buffers.
+
+    Example:
+        >>> frozen = FrozenBatchNorm2d.from_bn(torch.nn.BatchNorm2d(8).eval())
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        *,
+        axis: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        validate.check_num_features(num_features)
+        validate.check_eps(eps)
+        self.num_features, self.eps, self.axis = num_features, eps, axis
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.register_buffer("weight", torch.ones(num_features, **kw))
+        self.register_buffer("bias", torch.zeros(num_features, **kw))
+        self.register_buffer("running_mean", torch.zeros(num_features, **kw))
+        self.register_buffer("running_var", torch.ones(num_features, **kw))
+
+    @classmethod
+    def from_bn(cls, bn: nn.Module) -> FrozenBatchNorm:
+        """A frozen copy of a trained BN layer (ours or torch.nn), same device and dtypes.
+
+        Raises:
+            ValueError: the layer has no running statistics (``track_running_stats=False``),
+                or uses ``eps <= 0``.
+        """
+        if getattr(bn, "activation", None) not in (None, "identity"):
+            raise ValueError(
+                f"cannot freeze {type(bn).__name__}: it applies an activation ({bn.activation}) after "
+                "normalizing, which a FrozenBatchNorm would drop; freeze it with "
+                "set_stats_mode(layer, 'frozen') on a plain BatchNorm followed by the activation"
+            )
+        if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
+            raise ValueError(
+                f"cannot freeze {type(bn).__name__}: it has no running statistics "
+                "(track_running_stats=False), so there is nothing to freeze; compute them first "
+                "(batchnorm.recompute_statistics) on a layer that tracks them"
+            )
+        axis = getattr(bn, "axis", 1)
+        if cls is FrozenBatchNorm:
+            cls = _FROZEN_BY_RANK.get(type(bn), FrozenBatchNorm)
+        kw: dict[str, Any] = {} if issubclass(cls, _RankMixin) else {"axis": axis}
+        new = cls(
+            bn.num_features,
+            bn.eps,
+            device=bn.running_mean.device,
+            dtype=bn.running_mean.dtype,
+            **kw,
+        )
+        with torch.no_grad():
+            new.running_mean.copy_(bn.running_mean)
+            new.running_var.copy_(bn.running_var)
+            w, b = getattr(bn, "weight", None), getattr(bn, "bias", None)
+            new.weight = w.detach().clone() if w is not None else torch.ones_like(new.running_mean)
+            new.bias = b.detach().clone() if b is not None else torch.zeros_like(new.running_mean)
+        return new
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # A torch / batchnorm BN state dict carries num_batches_tracked; an affine=False one
+        # has no weight/bias (identity gamma, beta).
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        if prefix + "running_mean" in state_dict:
+            for key, fill in (("weight", 1.0), ("bias", 0.0)):
+                if prefix + key not in state_dict:
+                    state_dict[prefix + key] = torch.full_like(
+                        state_dict[prefix + "running_mean"], fill
+                    )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        pass  # any rank >= 2 (the rank classes check theirs)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        return F.batch_norm(
+            input,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            False,
+            0.0,
+            self.eps,
+            axis=self.axis,
+        )
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_features}, eps={self.eps}"
+        return s + (f", axis={self.axis}" if self.axis != 1 else "")
+
+
+class FrozenBatchNorm1d(Rank1d, FrozenBatchNorm):
+    """:class:`FrozenBatchNorm` for (N, C) or (N, C, L) input."""
+
+
+class FrozenBatchNorm2d(Rank2d, FrozenBatchNorm):
+    """:class:`FrozenBatchNorm` for (N, C, H, W) input."""
+
+
+class FrozenBatchNorm3d(Rank3d, FrozenBatchNorm):
+    """:class:`FrozenBatchNorm` for (N, C, D, H, W) input."""
+
+
+_FROZEN_BY_RANK: dict[type, type[FrozenBatchNorm]] = {
+    nn.BatchNorm1d: FrozenBatchNorm1d,
+    nn.BatchNorm2d: FrozenBatchNorm2d,
+    nn.BatchNorm3d: FrozenBatchNorm3d,
+    BatchNorm1d: FrozenBatchNorm1d,
+    BatchNorm2d: FrozenBatchNorm2d,
+    BatchNorm3d: FrozenBatchNorm3d,
+}
