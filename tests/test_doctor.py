@@ -181,7 +181,9 @@ def test_cli(tmp_path):
 
     parser = build_parser()
     assert doctor_cli.run(parser.parse_args(["doctor", "netdefs", "--input-shape", "2,1"])) == 2
-    assert doctor_cli.run(parser.parse_args(["doctor", "netdefs:good", "--input-shape", "2,x"])) == 2
+    assert (
+        doctor_cli.run(parser.parse_args(["doctor", "netdefs:good", "--input-shape", "2,x"])) == 2
+    )
     assert (
         doctor_cli.run(parser.parse_args(["doctor", "no_such_module:f", "--input-shape", "2,1"]))
         == 2

@@ -384,7 +384,9 @@ def test_running_update_kernel_declines_what_it_does_not_take():
     assert not _cpu._running_update(
         rm, rv, mean, var, 8, 0.1, torch.tensor(0, dtype=torch.int32), True, None
     )
-    assert not _cpu._running_update(torch.zeros(2 * C)[::2], rv, mean, var, 8, 0.1, None, True, None)
+    assert not _cpu._running_update(
+        torch.zeros(2 * C)[::2], rv, mean, var, 8, 0.1, None, True, None
+    )
     assert torch.equal(rm, torch.zeros(C)) and torch.equal(rv, torch.ones(C))
     # A tensor momentum still works, through the torch ops.
     F.update_running_stats(rm, rv, mean + 1, var, 8, torch.tensor(0.5))

@@ -49,8 +49,8 @@ class TrainOptions(NamedTuple):
         eps: added to the variance inside the square root, > 0.
         mask: bool, the shape of x with size 1 along ``axis`` (``validate.prepare_mask``):
             the statistics run over the valid positions only; every position is normalized.
-        count: the number of valid values per channel when ``mask`` is given (read once on
-            the host by the caller); None: every value counts.
+        valid_count: the number of valid values per channel when ``mask`` is given (read
+            once on the host by the caller); None: every value counts.
         correction: Batch Renormalization's ``(mean, var) -> (r, d)`` (:data:`Correction`).
         process_group: a ``torch.distributed`` group with more than one process: the
             statistics are those of the union of every rank's batch (one collective in the
@@ -60,7 +60,7 @@ class TrainOptions(NamedTuple):
     axis: int
     eps: float
     mask: Tensor | None = None
-    count: int | None = None
+    valid_count: int | None = None
     correction: Correction | None = None
     process_group: Any = None
 
@@ -91,7 +91,7 @@ class _Train(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         weight: Tensor | None,
@@ -125,7 +125,7 @@ class _Train(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, dy: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None, None]:
         x, weight, mean, inv_std, r, d = ctx.saved_tensors
@@ -262,7 +262,7 @@ class _Eval(torch.autograd.Function):
     """Fixed-statistics forward, one affine map per channel (eq. 23-24), and its backward."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         weight: Tensor | None,
@@ -289,7 +289,7 @@ class _Eval(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, dy: Tensor
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None, None]:
         x, weight, mean, inv_std = ctx.saved_tensors
@@ -330,7 +330,7 @@ def _apply(fn: type[torch.autograd.Function], *args: Any) -> Any:
     if no_grad and kernels.plain_eager(args[0]):
         with torch.no_grad():
             return fn.forward(_NoGradCtx(), *args)
-    return fn.apply(*args)
+    return fn.apply(*args)  # type: ignore[no-untyped-call]
 
 
 def train_forward(
@@ -340,14 +340,14 @@ def train_forward(
 
     The statistics step runs first, without autograd (this rank's statistics, merged over
     ``opts.process_group`` by one collective); the normalize step and the gradient of both
-    are one ``autograd.Function``. ``BatchStats.count`` is the number of values per channel
+    are one ``autograd.Function``. ``BatchStats.num_values`` is the number of values per channel
     behind the statistics: the valid ones with a mask, the global count with a process group
     (then read on the host once). The input must be validated (``validate.check_inputs``);
     a count of 1 is the caller's small-batch policy to handle, a count of 0 (an empty batch)
     returns ``x`` unchanged with NaN variances.
     """
     axis = opts.axis
-    count = opts.count if opts.count is not None else count_per_channel(x, axis)
+    count = opts.valid_count if opts.valid_count is not None else count_per_channel(x, axis)
     with torch.no_grad():
         mean, var = _local_stats(x, kernels.get(x, axis), opts, count)
         if opts.process_group is not None:

@@ -76,7 +76,7 @@ def batch_norm(
         running_var,
         stats.mean.detach(),
         stats.var.detach(),
-        stats.count,
+        stats.num_values,
         momentum,
         store_unbiased=store_unbiased,
     )

@@ -308,19 +308,19 @@ def batch_norm(
     # Synchronized: the count that matters is the global one, known after the statistics'
     # collective; every rank sees the same, so every rank takes the same branch (no hang).
     y, stats = train_forward(input, weight, bias, opts)
-    if stats.count == 1:
+    if stats.num_values == 1:
         if small_batch == "raise":
             raise validate.one_value_error(input, axis, synchronized=True)
         if small_batch == "running":
             return _small_batch_running(input, weight, bias, running_mean, running_var, eps, axis)
         return y  # "skip": Algorithm 1 as written (var = 0, y = beta), no running update
-    if running_mean is not None and running_var is not None and stats.count > 0:
+    if running_mean is not None and running_var is not None and stats.num_values > 0:
         update_running_stats(
             running_mean,
             running_var,
             stats.mean,
             stats.var,
-            stats.count,
+            stats.num_values,
             momentum,
             num_batches_tracked=num_batches_tracked,
             store_unbiased=store_unbiased,

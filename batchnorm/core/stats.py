@@ -50,12 +50,12 @@ class BatchStats(NamedTuple):
     Attributes:
         mean: (C,) float64, ``sum(x) / m`` (eq. 1).
         var: (C,) biased ``sum((x - mean)^2) / m`` (eq. 2) in the accumulation dtype.
-        count: ``m``, values per channel (over every process when synchronized).
+        num_values: ``m``, values per channel (over every process when synchronized).
     """
 
     mean: Tensor
     var: Tensor
-    count: int
+    num_values: int
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class _BatchNormActTrain(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         weight: Tensor | None,
@@ -87,13 +87,13 @@ class _BatchNormActTrain(torch.autograd.Function):
         z = _activate(y, activation, param)
         inv_std = torch.rsqrt(stats.var + eps)
         ctx.save_for_backward(z, weight, bias, inv_std)
-        ctx.axis, ctx.activation, ctx.param, ctx.count = axis, activation, param, stats.count
+        ctx.axis, ctx.activation, ctx.param, ctx.count = axis, activation, param, stats.num_values
         ctx.mark_non_differentiable(stats.mean, stats.var)
         return z, stats.mean, stats.var
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, dz: Tensor, _dmean: Any, _dvar: Any
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None, None]:
         z, weight, bias, inv_std = ctx.saved_tensors
@@ -191,7 +191,7 @@ class BatchNormAct(BatchNorm):
         z, mean, var = _BatchNormActTrain.apply(
             input, self.weight, self.bias, self.eps, axis, self.activation, self.activation_param
         )
-        if self.track_running_stats:
+        if self.running_mean is not None and self.running_var is not None:
             F.update_running_stats(
                 self.running_mean,
                 self.running_var,

@@ -163,6 +163,11 @@ class BatchNorm(_BatchNorm):
                 f"{type(self).__name__} expects an input of rank >= 2, got shape {tuple(input.shape)}"
             )
 
+    skipped_updates: Tensor
+    axis: int
+    store_unbiased: bool
+    small_batch: str
+
     # Statistics policy (batchnorm.freeze.set_stats_mode): None follows self.training as
     # torch.nn does; "batch" / "running" / "frozen" fix the choice through model.train().
     stats_mode: str | None = None
@@ -242,7 +247,7 @@ class _RankMixin:
                 f"{type(self).__name__} has channels on axis 1, got axis={axis}; use the "
                 "rank-free class (e.g. batchnorm.BatchNorm(num_features, axis=-1)) for another axis"
             )
-        super().__init__(*args, axis=1, **kwargs)
+        super().__init__(*args, axis=1, **kwargs)  # type: ignore[call-arg]  # a mixin
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() not in self._ranks:

@@ -8,10 +8,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..core import functional as F
 from ..core import validate
@@ -41,6 +42,11 @@ class FrozenBatchNorm(nn.Module):
         >>> frozen = FrozenBatchNorm2d.from_bn(torch.nn.BatchNorm2d(8).eval())
     """
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(
         self,
         num_features: int,
@@ -62,6 +68,7 @@ class FrozenBatchNorm(nn.Module):
 
     @classmethod
     def from_bn(cls, bn: nn.Module) -> FrozenBatchNorm:
+        bn = cast(_BatchNorm, bn)  # any BN-like layer: the checks below say what it needs
         """A frozen copy of a trained BN layer (ours or torch.nn), same device and dtypes.
 
         Raises:
@@ -74,7 +81,8 @@ class FrozenBatchNorm(nn.Module):
                 "normalizing, which a FrozenBatchNorm would drop; freeze it with "
                 "set_stats_mode(layer, 'frozen') on a plain BatchNorm followed by the activation"
             )
-        if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
+        running_mean, running_var = bn.running_mean, bn.running_var
+        if running_mean is None or running_var is None:
             raise ValueError(
                 f"cannot freeze {type(bn).__name__}: it has no running statistics "
                 "(track_running_stats=False), so there is nothing to freeze; compute them first "
@@ -87,21 +95,28 @@ class FrozenBatchNorm(nn.Module):
         new = cls(
             bn.num_features,
             bn.eps,
-            device=bn.running_mean.device,
-            dtype=bn.running_mean.dtype,
+            device=running_mean.device,
+            dtype=running_mean.dtype,
             **kw,
         )
         with torch.no_grad():
-            new.running_mean.copy_(bn.running_mean)
-            new.running_var.copy_(bn.running_var)
+            new.running_mean.copy_(running_mean)
+            new.running_var.copy_(running_var)
             w, b = getattr(bn, "weight", None), getattr(bn, "bias", None)
             new.weight = w.detach().clone() if w is not None else torch.ones_like(new.running_mean)
             new.bias = b.detach().clone() if b is not None else torch.zeros_like(new.running_mean)
         return new
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         # A torch / batchnorm BN state dict carries num_batches_tracked; an affine=False one
         # has no weight/bias (identity gamma, beta).
         state_dict.pop(prefix + "num_batches_tracked", None)

@@ -128,17 +128,24 @@ def ghost_batch_norm(
             f"shape {tuple(input.shape)}: each would normalize to beta; use ghost_size >= 2"
         )
     G, n_head = _ghost_split(n, ghost_size, per_sample)
-    ys, means, variances, sizes = [], [], [], []
+    ys: list[Tensor] = []
+    means: list[Tensor] = []
+    variances: list[Tensor] = []
+    sizes: list[int] = []
     if G > 0:
         y, mean, var = _ghost_train(input[:n_head], weight, bias, eps, axis, ghost_size, G)
-        ys.append(y), means.append(mean), variances.append(var)
+        ys.append(y)
+        means.append(mean)
+        variances.append(var)
         sizes += [ghost_size] * G
     if n_head < n:
         y, stats = train_forward(input[n_head:], weight, bias, TrainOptions(axis, eps))
-        ys.append(y), means.append(stats.mean[None]), variances.append(stats.var[None])
+        ys.append(y)
+        means.append(stats.mean[None])
+        variances.append(stats.var[None])
         sizes.append(n - n_head)
     y = ys[0] if len(ys) == 1 else torch.cat(ys, 0)
-    if running_mean is not None and input.numel() > 0:
+    if running_mean is not None and running_var is not None and input.numel() > 0:
         mean = torch.cat(means)  # (K, C) float64
         var = torch.cat(variances)  # (K, C)
         w = torch.tensor([s / n for s in sizes], dtype=var.dtype, device=var.device)[:, None]

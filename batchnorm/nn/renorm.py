@@ -200,7 +200,9 @@ class BatchRenorm(BatchNorm):
 
     def limits(self, step: int | None = None) -> tuple[float, float]:
         """``(r_max, d_max)`` at ``step`` (default: the current ``num_batches_tracked``)."""
-        step = int(self.num_batches_tracked) if step is None else step
+        if step is None:
+            assert self.num_batches_tracked is not None  # track_running_stats=True (checked)
+            step = int(self.num_batches_tracked)
         r = self.r_max(step) if callable(self.r_max) else self.r_max
         d = self.d_max(step) if callable(self.d_max) else self.d_max
         return float(r), float(d)
@@ -210,6 +212,7 @@ class BatchRenorm(BatchNorm):
             return super().forward(input, mask)
         self._check_input_dim(input)
         r_max, d_max = self.limits()
+        assert self.running_mean is not None and self.running_var is not None
         return batch_renorm(
             input,
             self.running_mean,

@@ -34,6 +34,7 @@ import inspect
 import math
 import re
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -134,8 +135,8 @@ def _location(model: nn.Module, path: str) -> str | None:
 
 
 def _check_buffers(name: str, bn: _BatchNorm) -> list[Finding]:
-    out = []
-    if bn.running_var is None:
+    out: list[Finding] = []
+    if bn.running_var is None or bn.running_mean is None:
         return out
     rv, rm = bn.running_var.detach().double(), bn.running_mean.detach().double()
     bad = ~torch.isfinite(rv) | ~torch.isfinite(rm)
@@ -203,12 +204,11 @@ def diagnose(
             f"weights_from must be one of {sorted(_EPS_BY_ORIGIN)} or None, got {weights_from!r}"
         )
     args = example_input if isinstance(example_input, tuple) else (example_input,)
-    work = copy.deepcopy(
-        model
-    )  # the forward may move running statistics: never on the user's model
+    # The forward may move running statistics: never on the user's model.
+    work = copy.deepcopy(model)
     names = {m: n for n, m in work.named_modules()}
     producer: dict[int, tuple[nn.Module, Tensor]] = {}  # id(tensor) -> (module, tensor kept alive)
-    order: list[tuple[str, _BatchNorm, nn.Module | None, Tensor]] = []
+    order: list[tuple[str, _BatchNorm, nn.Module | None, Tensor | None]] = []
 
     def post(module: nn.Module, _inp, out) -> None:
         if isinstance(out, Tensor):
@@ -221,7 +221,7 @@ def diagnose(
             # A view (flatten, reshape, a slice) of a module's output is a new tensor object
             # whose ._base is that output.
             src = producer.get(id(x), producer.get(id(x._base), (None, None)))[0]
-        order.append((names[module], module, src, x))
+        order.append((names[module], cast(_BatchNorm, module), src, x))
 
     handles = []
     for m in work.modules():

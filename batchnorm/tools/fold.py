@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -46,6 +46,8 @@ from ..nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from ..nn.frozen import FrozenBatchNorm
 
 __all__ = ["fold", "fold_layer_bn", "fold_bn_layer", "FoldReport", "FOLDABLE_LAYERS"]
+
+_Layer = nn.Linear | _ConvNd  # what FOLDABLE_LAYERS hold, for the type checker
 
 FOLDABLE_LAYERS = (
     nn.Linear,
@@ -83,13 +85,16 @@ def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
             f"{type(bn).__name__} has stats_mode='batch' (batch statistics in eval too), so it "
             "cannot be folded; set_stats_mode(layer, None) first"
         )
-    return F.inference_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+    b = cast(_BatchNorm, bn)  # or a FrozenBatchNorm: the same attributes
+    assert b.running_mean is not None and b.running_var is not None  # checked above
+    return F.inference_affine(b.running_mean, b.running_var, b.weight, b.bias, b.eps)
 
 
 def _channels(layer: nn.Module, side: str) -> int:
     if isinstance(layer, nn.Linear):
         return layer.out_features if side == "out" else layer.in_features
-    return layer.out_channels if side == "out" else layer.in_channels
+    conv = cast(_ConvNd, layer)
+    return conv.out_channels if side == "out" else conv.in_channels
 
 
 def _check_layer(layer: nn.Module) -> None:
@@ -105,7 +110,7 @@ def _check_bn_axis(bn: nn.Module, layer: nn.Module, where: str) -> None:
         ok = axis in (1, -1)  # (N, C): axis 1 is the last axis
         want = "the last axis (axis=-1, or axis=1 on (N, C) input)"
     else:
-        rank = layer.weight.dim()  # conv input rank = kernel dims + 2 = weight rank
+        rank = cast(_ConvNd, layer).weight.dim()  # conv input rank = kernel dims + 2 = weight rank
         ok = axis % rank == 1
         want = "axis 1 (NCHW)"
     if not ok:
@@ -115,8 +120,9 @@ def _check_bn_axis(bn: nn.Module, layer: nn.Module, where: str) -> None:
         )
 
 
-def _new_params(layer: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
+def _new_params(module: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
     """A copy of ``layer`` with float64 ``weight`` and ``bias`` cast back to its dtype."""
+    layer = cast(_Layer, module)
     new = copy.deepcopy(layer)
     w = layer.weight
     grad = w.requires_grad if layer.bias is None else layer.bias.requires_grad
@@ -150,6 +156,7 @@ def fold_layer_bn(layer: nn.Module, bn: nn.Module) -> nn.Module:
     """
     _check_layer(layer)
     out = _channels(layer, "out")
+    layer, bn = cast(_Layer, layer), cast(_BatchNorm, bn)
     if bn.num_features != out:
         raise ValueError(
             f"BN has {bn.num_features} channels but the {type(layer).__name__} before it outputs {out}"
@@ -211,6 +218,7 @@ def fold_bn_layer(bn: nn.Module, layer: nn.Module) -> nn.Module:
                 "padding=0 or a reflect/replicate/circular padding_mode, or fold into the layer before the BN"
             )
     cin = _channels(layer, "in")
+    layer, bn = cast(_Layer, layer), cast(_BatchNorm, bn)
     if bn.num_features != cin:
         raise ValueError(
             f"BN has {bn.num_features} channels but the {type(layer).__name__} after it takes {cin}"
@@ -291,27 +299,29 @@ def _find_pairs(
         return pairs
     full = lambda t: f"{prefix}.{t}" if prefix else t  # noqa: E731
     calls: dict[str, int] = {}
-    for node in graph.nodes:
+    # fx nodes are dynamically typed (a call_module node's target is the module's name).
+    nodes: list[Any] = list(graph.nodes)
+    for node in nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     pairs = []
-    for node in graph.nodes:
+    for node in nodes:
         if node.op != "call_module" or not _is_bn(module.get_submodule(node.target)):
             continue
         if calls[node.target] > 1:
             report.skipped.append((full(node.target), "called more than once in forward"))
             continue
-        src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        src: Any = node.args[0] if len(node.args) == 1 and not node.kwargs else None
         src_is_layer = (
             isinstance(src, torch.fx.Node)
             and src.op == "call_module"
-            and isinstance(module.get_submodule(src.target), FOLDABLE_LAYERS)
+            and isinstance(module.get_submodule(str(src.target)), FOLDABLE_LAYERS)
         )
         if src_is_layer and calls[src.target] == 1 and len(src.users) == 1:
             pairs.append((full(src.target), full(node.target), "layer->bn"))
             continue
         users = list(node.users)
-        dst = users[0] if len(users) == 1 else None
+        dst: Any = users[0] if len(users) == 1 else None
         if (
             before
             and dst is not None
@@ -335,9 +345,10 @@ def _find_pairs(
 
 def _random_probe(model: nn.Module) -> Tensor | None:
     """A small random batch shaped for the first Linear, Conv or BN layer in ``model``."""
-    ref = next(iter(model.parameters()), None)
+    ref: Tensor | None = next(iter(model.parameters()), None)
     if ref is None:
         ref = next(iter(model.buffers()), None)
+    shape: tuple[int, ...]
     device = ref.device if ref is not None else None
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.get_default_dtype()
     for m in model.modules():

@@ -10,7 +10,7 @@ which is the pattern to use with ``vmap(grad(...))``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -56,7 +56,7 @@ def functional_call(
     new: dict[str, Tensor] = {}
     patched: list[torch.nn.Module] = []
 
-    def pure_forward(name: str, module: _BatchNorm):
+    def pure_forward(name: str, module: _BatchNorm) -> Callable[[Tensor], Tensor]:
         def forward(input: Tensor) -> Tensor:
             update = module.training and module.track_running_stats
             if update and module.momentum is None:
@@ -77,7 +77,8 @@ def functional_call(
                 axis=getattr(module, "axis", 1),
                 store_unbiased=getattr(module, "store_unbiased", True),
             )
-            if update:
+            if update and rm is not None and rv is not None:
+                assert module.num_batches_tracked is not None  # tracked
                 prefix = f"{name}." if name else ""
                 new[prefix + "running_mean"], new[prefix + "running_var"] = rm, rv
                 new[prefix + "num_batches_tracked"] = module.num_batches_tracked + 1
@@ -93,7 +94,7 @@ def functional_call(
                         f"batchnorm.func.functional_call routes plain BN layers only, but {name!r} is a "
                         f"{type(module).__name__}; convert it to BatchNorm*d or call torch.func.functional_call"
                     )
-                module.forward = pure_forward(name, module)
+                module.forward = pure_forward(name, module)  # type: ignore[method-assign,assignment]
                 patched.append(module)
         out = torch.func.functional_call(model, dict(parameters_and_buffers), args, kwargs)
     finally:

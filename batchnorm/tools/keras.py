@@ -109,7 +109,9 @@ class KerasBatchNorm:
             )
         )
         for var in layer.weights:
-            var.assign(values[var.name].astype(np.dtype(var.dtype)))
+            value = values[var.name]
+            assert value is not None  # keras built exactly the weights that are present
+            var.assign(value.astype(np.dtype(var.dtype)))
         return layer
 
 
@@ -331,7 +333,7 @@ def from_keras(
     momentum = 1.0 - kb.momentum  # Keras weighs the old value, torch the new batch
     kw: dict[str, Any] = {"device": device, "dtype": dtype}
     if to == "batchnorm":
-        bn: nn.Module = BatchNorm(
+        bn: _BatchNorm = BatchNorm(
             c,
             kb.epsilon,
             momentum,
@@ -364,17 +366,19 @@ def from_keras(
     var = np.asarray(kb.moving_variance, dtype=np.float64)
     if batch_count is not None:
         var = var * batch_count / (batch_count - 1)  # biased EMA -> unbiased EMA (eq. 16)
+    assert bn.running_mean is not None and bn.running_var is not None  # tracked (built so)
     with torch.no_grad():
         bn.running_mean.copy_(torch.as_tensor(np.asarray(kb.moving_mean, dtype=np.float64)))
         bn.running_var.copy_(torch.as_tensor(var))
-        if kb.gamma is not None:
+        if kb.gamma is not None and bn.weight is not None:
             bn.weight.copy_(torch.as_tensor(np.asarray(kb.gamma, dtype=np.float64)))
-        if kb.beta is not None:
+        if kb.beta is not None and bn.bias is not None:
             bn.bias.copy_(torch.as_tensor(np.asarray(kb.beta, dtype=np.float64)))
     if not kb.trainable:
         if not isinstance(bn, BatchNorm):
             raise ValueError(
-                f"the Keras layer is not trainable (frozen statistics), which {to.__name__} cannot express: use to='batchnorm'"
+                f"the Keras layer is not trainable (frozen statistics), which {type(bn).__name__} "
+                "cannot express: use to='batchnorm'"
             )
         bn.stats_mode = "frozen"
         bn.requires_grad_(False)
@@ -415,7 +419,7 @@ def to_keras(
 
     if not isinstance(bn, (_BatchNorm, FrozenBatchNorm)):
         raise TypeError(f"expected a batch-norm layer, got {type(bn).__name__}")
-    if bn.running_mean is None:
+    if bn.running_mean is None or bn.running_var is None:
         raise ValueError(
             "the layer has no running statistics (track_running_stats=False); Keras layers always have them"
         )
@@ -428,8 +432,8 @@ def to_keras(
     if batch_count is not None and batch_count < 2:
         raise ValueError(f"batch_count must be >= 2, got {batch_count}")
 
-    def as_np(t: torch.Tensor | None) -> np.ndarray | None:
-        return None if t is None else t.detach().cpu().to(torch.float64).numpy().astype(np.float32)
+    def as_np(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().to(torch.float64).numpy().astype(np.float32)
 
     var = bn.running_var.detach().cpu().to(torch.float64).numpy()
     if batch_count is not None and getattr(
@@ -441,8 +445,8 @@ def to_keras(
         "running",
     )
     return KerasBatchNorm(
-        gamma=as_np(bn.weight),
-        beta=as_np(bn.bias),
+        gamma=None if bn.weight is None else as_np(bn.weight),
+        beta=None if bn.bias is None else as_np(bn.bias),
         moving_mean=as_np(bn.running_mean),
         moving_variance=var.astype(np.float32),
         momentum=1.0 - p,

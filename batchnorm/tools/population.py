@@ -46,6 +46,12 @@ def bn_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     ]
 
 
+def _buffers(m: _BatchNorm) -> tuple[Tensor, Tensor]:
+    """``(running_mean, running_var)`` of a layer :func:`bn_layers` returned (never None)."""
+    assert m.running_mean is not None and m.running_var is not None
+    return m.running_mean, m.running_var
+
+
 @dataclass
 class _Accumulator:
     """Per-channel (count, mean, M2) merged batch by batch (Chan, eq. 19-21), in float64."""
@@ -103,8 +109,8 @@ def _finalize(
         # process is left waiting in a collective.
         parts, papers = [], []
         for (_, m), a in zip(layers, accs, strict=True):
-            zeros = m.running_mean.new_zeros(m.num_features, dtype=torch.float64)
-            mo = a.moments or Moments(0.0, zeros, zeros)
+            zeros = _buffers(m)[0].new_zeros(m.num_features, dtype=torch.float64)
+            mo = a.moments if a.moments is not None else Moments(0.0, zeros, zeros)
             parts.append((mo.count, mo.mean, mo.m2))
             papers.append(zeros if a.paper is None else a.paper)
         for (count, mean, m2), paper in zip(
@@ -113,8 +119,10 @@ def _finalize(
             merged.append((count, mean, m2, paper) if count > 0 else None)
     else:
         for a in accs:
-            mo = a.moments
-            merged.append(None if mo is None else (mo.count, mo.mean, mo.m2, a.paper))
+            if a.moments is None or a.paper is None:
+                merged.append(None)
+            else:
+                merged.append((a.moments.count, a.moments.mean, a.moments.m2, a.paper))
     missing = [name for (name, _), mg in zip(layers, merged, strict=True) if mg is None]
     if missing:
         raise ValueError(
@@ -130,8 +138,9 @@ def _finalize(
                 var = Moments(count, mean, m2).var(unbiased)  # (eq. 21)
             else:
                 var = paper / count  # (eq. 18), batches weighted by size
-            m.running_mean.copy_(mean.to(m.running_mean))
-            m.running_var.copy_(var.to(m.running_var))
+            running_mean, running_var = _buffers(m)
+            running_mean.copy_(mean.to(running_mean))
+            running_var.copy_(var.to(running_var))
 
 
 def recompute_statistics(
@@ -283,12 +292,12 @@ def recompute_statistics(
                 accs = run_pass([m], stop=True, label=label)
                 _finalize([(name, m)], accs, estimator, process_group)
     finally:
-        for m in model.modules():
-            m.training = was_training[id(m)]
-        for _, m in layers:
-            m.momentum = momenta[id(m)]
-            if id(m) in counters:
-                m.num_batches_tracked.copy_(counters[id(m)])
+        for sub in model.modules():
+            sub.training = was_training[id(sub)]
+        for _, bn in layers:
+            bn.momentum = momenta[id(bn)]
+            if id(bn) in counters and bn.num_batches_tracked is not None:
+                bn.num_batches_tracked.copy_(counters[id(bn)])
     return model
 
 

@@ -95,13 +95,13 @@ def convert_sync_batchnorm(
     """
 
     def convert(name: str, m: nn.Module) -> nn.Module | None:
-        if type(m) in _LOCAL_TYPES or type(m) is nn.SyncBatchNorm:
+        if isinstance(m, _BatchNorm) and (type(m) in _LOCAL_TYPES or type(m) is nn.SyncBatchNorm):
             group = (
                 process_group if process_group is not None else getattr(m, "process_group", None)
             )
             sync = _swap(m, SyncBatchNorm(**_hyper(m), process_group=group))
             # Remember the class to go back to (torch's SyncBatchNorm reverts to our BatchNorm).
-            sync._local_type = type(m) if type(m) in _LOCAL_TYPES else BatchNorm
+            sync._local_type = type(m) if type(m) in _LOCAL_TYPES else BatchNorm  # type: ignore[assignment]
             return sync
         return None
 

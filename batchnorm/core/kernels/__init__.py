@@ -39,6 +39,19 @@ import torch
 from .. import running
 from . import _native
 
+Tensor = torch.Tensor
+StatsFn = Callable[[Tensor, int], tuple[Tensor, Tensor]]
+NormalizeFn = Callable[[Tensor, int, Tensor, Tensor, Tensor], Tensor]
+BackwardReduceFn = Callable[[Tensor, Tensor, int, Tensor], tuple[Tensor, Tensor]]
+BackwardElemtFn = Callable[[Tensor, Tensor, int, Tensor, Tensor, Tensor, Tensor], Tensor]
+RunningUpdateFn = Callable[..., None]
+NormalizeStatsFn = Callable[
+    [Tensor, int, Tensor, Tensor, "Tensor | None", "Tensor | None", float], tuple[Tensor, Tensor]
+]
+BackwardElemtStatsFn = Callable[
+    [Tensor, Tensor, int, Tensor, Tensor, "Tensor | None", Tensor, Tensor, int], Tensor
+]
+
 
 @dataclass(frozen=True)
 class Kernels:
@@ -62,14 +75,14 @@ class Kernels:
     """
 
     name: str
-    supports: Callable[[torch.Tensor, int], bool]
-    stats: Callable
-    normalize: Callable
-    backward_reduce: Callable
-    backward_elemt: Callable
-    running_update: Callable[..., None]
-    normalize_stats: Callable | None = None
-    backward_elemt_stats: Callable | None = None
+    supports: Callable[[Tensor, int], bool]
+    stats: StatsFn
+    normalize: NormalizeFn
+    backward_reduce: BackwardReduceFn
+    backward_elemt: BackwardElemtFn
+    running_update: RunningUpdateFn
+    normalize_stats: NormalizeStatsFn | None = None
+    backward_elemt_stats: BackwardElemtStatsFn | None = None
 
 
 NATIVE = Kernels(
