@@ -381,6 +381,7 @@ def _check_population(rank: int, world: int) -> None:
         _close(a, b, f"rank {rank} synchronized population {name}", rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_sync_layer_matches_concatenated_batch_4_processes():
     _spawn("_worker_layer", 4)
 
@@ -444,6 +445,7 @@ def _worker_ddp(rank: int, world: int) -> None:
     _close(reverted(x), single(x), "reverted model in eval", rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.slow
 def test_ddp_training_matches_one_process_2_processes():
     _spawn("_worker_ddp", 2)
 

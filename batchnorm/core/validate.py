@@ -13,9 +13,12 @@ from typing import Final
 import torch
 from torch import Tensor
 
+from .stats import count_per_channel
+
 __all__ = [
     "SMALL_BATCH_POLICIES",
     "check_eps",
+    "check_ghost_size",
     "check_hyper",
     "check_inputs",
     "check_momentum",
@@ -71,6 +74,15 @@ def check_momentum(momentum: float | None) -> float | None:
             "momentum m is 1 - m here"
         )
     return momentum
+
+
+def check_ghost_size(ghost_size: object) -> int:
+    """Ghost BN's samples per virtual batch: a positive int."""
+    if isinstance(ghost_size, bool) or not isinstance(ghost_size, int) or ghost_size < 1:
+        raise ValueError(
+            f"ghost_size must be a positive int (samples per virtual batch), got {ghost_size!r}"
+        )
+    return ghost_size
 
 
 def check_small_batch(policy: str) -> str:
@@ -161,7 +173,7 @@ def check_inputs(
             )
         if not t.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype={t.dtype}")
-    if check_count and training and input.numel() > 0 and input.numel() // channels == 1:
+    if check_count and training and count_per_channel(input, axis) == 1:
         raise one_value_error(input, axis)
     return axis
 

@@ -2,9 +2,9 @@
 
 Launched by torchrun, one process per worker::
 
-    torchrun --standalone --nproc_per_node=2 -m batchnorm.distributed_demo --out runs/ddp2
-    python -m batchnorm.distributed_demo --out runs/single          # the same, one process
-    python -m batchnorm.distributed_demo --compare runs/ddp2 runs/single
+    torchrun --standalone --nproc_per_node=2 -m batchnorm.experiments.distributed_demo --out runs/ddp2
+    python -m batchnorm.experiments.distributed_demo --out runs/single          # the same, one process
+    python -m batchnorm.experiments.distributed_demo --compare runs/ddp2 runs/single
 
 Every process draws the same shuffled order of the training set (same seed), cuts it into
 global batches of ``--batch-size B`` and takes its own slice of each (``B / N`` samples; the
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m batchnorm.distributed_demo",
+        prog="python -m batchnorm.experiments.distributed_demo",
         description="Data-parallel training of the experiments' LeNet with DDP and SyncBatchNorm.",
     )
     add_arguments(p)

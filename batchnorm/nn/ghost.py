@@ -105,10 +105,7 @@ def ghost_batch_norm(
         ValueError: ghost_size < 1, a ghost with one value per channel, channels on axis 0,
             or as batch_norm.
     """
-    if not isinstance(ghost_size, int) or ghost_size < 1:
-        raise ValueError(
-            f"ghost_size must be a positive int (samples per virtual batch), got {ghost_size!r}"
-        )
+    validate.check_ghost_size(ghost_size)
     if not training:
         return F.batch_norm(
             input, running_mean, running_var, weight, bias, False, momentum, eps, axis=axis
@@ -182,8 +179,7 @@ class GhostBatchNorm(BatchNorm):
 
     def __init__(self, num_features: int, *args, ghost_size: int = 32, **kwargs) -> None:
         super().__init__(num_features, *args, **kwargs)
-        if not isinstance(ghost_size, int) or ghost_size < 1:
-            raise ValueError(f"ghost_size must be a positive int, got {ghost_size!r}")
+        validate.check_ghost_size(ghost_size)
         self.ghost_size = ghost_size
 
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:

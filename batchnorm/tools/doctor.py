@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..core.stats import count_per_channel
 from ..nn.batchnorm import frozen_params_updating
 
 __all__ = ["Finding", "diagnose", "format_findings"]
@@ -352,7 +353,7 @@ def diagnose(
                 )
             )
         if training and x is not None and x.ndim >= 2 and x.shape[0] == 1:
-            per_channel = x.numel() // max(x.shape[getattr(bn, "axis", 1)], 1)
+            per_channel = count_per_channel(x, getattr(bn, "axis", 1) % x.ndim)
             if per_channel == 1:
                 here.append(
                     Finding(

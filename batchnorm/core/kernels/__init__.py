@@ -38,6 +38,7 @@ import torch
 
 from .. import running
 from . import _native
+from ._eager import plain_eager
 
 Tensor = torch.Tensor
 StatsFn = Callable[[Tensor, int], tuple[Tensor, Tensor]]
@@ -133,18 +134,6 @@ def for_buffers(buffer: torch.Tensor) -> Kernels:
         if fast is not None:
             return fast
     return NATIVE
-
-
-def plain_eager(x: torch.Tensor) -> bool:
-    """True when nothing is tracing or transforming ``x``: no compile/export, no dispatch or
-    function mode, no functorch wrapper, a plain tensor (not Fake/Functional/a subclass)."""
-    return (
-        not torch.compiler.is_compiling()
-        and type(x) is torch.Tensor
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._is_torch_function_mode_enabled()
-        and not torch._C._functorch.is_functorch_wrapped_tensor(x)
-    )
 
 
 # The fast CPU set (cpu.cpp as torch.library custom ops). Importing it defines the ops only;

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from .. import running
-from . import _cpu_build, _native, plain_eager
+from . import _cpu_build, _native
+from ._eager import plain_eager
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 # float16 runs correctly in cpu.cpp (the ops take it) but its bit-exact software conversions

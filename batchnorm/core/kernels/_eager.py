@@ -1,0 +1,19 @@
+"""When a fast kernel may see a tensor: plain eager mode, nothing tracing or transforming it."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["plain_eager"]
+
+
+def plain_eager(x: torch.Tensor) -> bool:
+    """True when nothing is tracing or transforming ``x``: no compile/export, no dispatch or
+    function mode, no functorch wrapper, a plain tensor (not Fake/Functional/a subclass)."""
+    return (
+        not torch.compiler.is_compiling()
+        and type(x) is torch.Tensor
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+        and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    )
