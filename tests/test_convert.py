@@ -132,9 +132,16 @@ def test_errors():
     with pytest.raises(ValueError, match="no torch.nn equivalent"):
         convert(batchnorm.BatchNorm(2, center=False), to="torch")
     bn = batchnorm.BatchNorm1d(2)
-    bn.register_parameter("bias", None)  # scale without center, as BatchNorm(center=False)
-    with pytest.raises(ValueError, match="only one of gamma, beta"):
+    bn.register_parameter("weight", None)  # center without scale, as BatchNorm(scale=False)
+    with pytest.raises(ValueError, match="beta without gamma"):
         convert(bn, to="torch")
+    # gamma without beta is torch.nn's bias=False (torch >= 2.13): converted, state kept.
+    bn = batchnorm.BatchNorm1d(2, bias=False)
+    with torch.no_grad():
+        bn.weight.fill_(3.0)
+    theirs = convert(bn, to="torch")
+    assert type(theirs) is nn.BatchNorm1d and theirs.bias is None
+    assert torch.equal(theirs.weight, bn.weight)
 
 
 def test_failed_conversion_leaves_the_model_unchanged():

@@ -499,13 +499,19 @@ def test_torch_compile_sees_the_ops_and_matches_eager():
     torch._dynamo.reset()
 
 
-def test_torch_export_keeps_the_op():
-    model = _small_net(batchnorm.BatchNorm2d, batchnorm.BatchNorm1d).eval()
+def test_torch_export_keeps_the_op_in_training():
+    # In evaluation an export holds torch's standard batch-norm node instead (test_dropin.py).
+    model = _small_net(batchnorm.BatchNorm2d, batchnorm.BatchNorm1d).train()
     x = torch.randn(4, 3, 9, 9, generator=torch.Generator().manual_seed(7))
     ep = torch.export.export(model, (x,))
-    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    assert "batchnorm.cpu_normalize_stats.default" in targets  # eval: the vectors built in the op
-    torch.testing.assert_close(ep.module()(x), model(x))
+    targets = {  # the statistics sit in a no-grad submodule of the graph
+        str(n.target)
+        for m in ep.graph_module.modules()
+        if isinstance(m, torch.fx.GraphModule)
+        for n in m.graph.nodes
+        if n.op == "call_function"
+    }
+    assert {"batchnorm.cpu_stats.default", "batchnorm.cpu_normalize_stats.default"} <= targets
 
 
 @pytest.mark.slow

@@ -196,8 +196,9 @@ def closed_form_backward(
             zeros_w if need_w else None,
             zeros_w if need_b else None,
         )
-    if torch.is_grad_enabled():
-        if process_group is not None:
+    plain = kernels.plain_eager(dy)  # a vmapped dy (batched gradients) needs torch ops
+    if torch.is_grad_enabled() or not plain:
+        if process_group is not None and torch.is_grad_enabled():
             raise RuntimeError(
                 "double backward (create_graph=True) through synchronized batch norm is not "
                 "supported: the statistics' collectives are not differentiable. Use local batch "
@@ -206,7 +207,7 @@ def closed_form_backward(
         # create_graph=True: recompute the statistics from x with differentiable ops so the
         # double backward sees how mean and inv_std depend on x.
         kern = kernels.NATIVE
-        if k_inv_std is None and eps is not None:
+        if k_inv_std is None and eps is not None and torch.is_grad_enabled():
             mean, var = (
                 kern.stats(x, axis) if mask is None else _native.masked_stats(x, axis, mask, count)
             )
@@ -237,8 +238,8 @@ def closed_form_backward(
             if x.numel() == 0:
                 return dy.clone(), grad_w, grad_b
         # (eq. 12) dx = k * (dy - mean(dy) - (x - mean) * inv_std^2 * mean(dy * (x - mean)))
-        plain = r is None and mask is None and k_inv_std is inv_std
-        if plain and kern.backward_elemt_stats is not None:
+        simple = r is None and mask is None and k_inv_std is inv_std
+        if simple and kern.backward_elemt_stats is not None:
             # The kernel set builds k, mean(dy) and the projection itself (the same bits).
             grad_x = kern.backward_elemt_stats(
                 dy, x, axis, mean, inv_std, weight, sum_dy, sum_dy_xmu, count
@@ -295,7 +296,8 @@ class _Eval(torch.autograd.Function):
         x, weight, mean, inv_std = ctx.saved_tensors
         axis = ctx.axis
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        kern = kernels.NATIVE if torch.is_grad_enabled() else kernels.get(x, axis)
+        plain = not torch.is_grad_enabled() and kernels.plain_eager(dy)
+        kern = kernels.get(x, axis) if plain else kernels.NATIVE
         grad_x = grad_w = grad_b = None
         if need_w or need_b:
             sum_dy, sum_dy_xmu = kern.backward_reduce(dy, x, axis, mean)

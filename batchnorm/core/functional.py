@@ -24,14 +24,17 @@ with ``momentum=None`` a cumulative average, ``running += (batch - running) / n`
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as forward_ad
+import torch.nn.functional as tnf
 from torch import Tensor
 
 from . import kernels, validate
-from .autograd import Correction, TrainOptions, eval_forward, train_forward
+from .autograd import Correction, TrainOptions, eval_forward, torch_op_forward, train_forward
 from .kernels import _native
 from .running import running_stats_step
 from .stats import count_per_channel
@@ -173,6 +176,173 @@ def inference_affine(
 # --------------------------------------------------------------------------- the three steps
 
 
+def graph_mode(*tensors: Tensor | None) -> str | None:
+    """What, if anything, is recording or transforming this call, so that the call takes a
+    path that it can see (the fast kernels work on plain tensors only):
+
+    - ``"jit"``: ``torch.jit.trace`` (and the TorchScript ONNX exporter, which traces);
+    - ``"export"``: ``torch.export`` (and the dynamo ONNX exporter, which exports);
+    - ``"transform"``: a ``torch.func`` transform (vmap, grad, jvp, functional_call under
+      them) or forward-mode AD (``torch.autograd.forward_ad``);
+    - None: plain eager mode or ``torch.compile``, which sees the kernel ops themselves.
+    """
+    if torch.jit.is_tracing():
+        return "jit"
+    if torch.compiler.is_exporting():
+        return "export"
+    if torch.compiler.is_compiling():
+        return None  # torch.compile sees the kernel ops themselves
+    if forward_ad._current_level >= 0:
+        return "transform"
+    functorch = torch._C._functorch
+    for t in tensors:
+        if t is not None and (
+            functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t)
+        ):
+            return "transform"
+    return None
+
+
+@contextmanager
+def _untraced(mode: str | None) -> Iterator[None]:
+    """Under ``torch.jit.trace``, run the body with tracing off: argument checks read sizes,
+    which the tracer would record (and warn about); they are not part of the graph."""
+    if mode != "jit":
+        yield
+        return
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
+
+
+def _graph_batch_norm(
+    mode: str,
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float | None,
+    eps: float,
+    axis: int,
+    num_batches_tracked: Tensor | None,
+    store_unbiased: bool,
+    skipped_updates: Tensor | None,
+    mask: Tensor | None,
+    small_batch: str,
+    correction: Correction | None,
+    process_group: Any,
+) -> Tensor:
+    """:func:`batch_norm` where a tracer, an exporter or a ``torch.func`` transform watches.
+
+    Under ``torch.jit.trace`` (training or evaluation) and in evaluation under ``torch.export``
+    it is ``torch.nn.functional.batch_norm`` itself, so the graph holds the one standard
+    batch-norm node that deployment tools fold (ONNX ``BatchNormalization``,
+    ``aten._native_batch_norm_legit_no_training``), with the module's parameters and buffers as
+    its inputs; its arithmetic is torch's, as is its running update (a NaN batch is not
+    skipped there). Under a ``torch.func`` transform or forward-mode AD it is the core's
+    torch-op form (:func:`batchnorm.core.autograd.torch_op_forward`: the same exactness rules,
+    differentiable by autograd, batched by vmap, with forward-mode tangents), and the running
+    statistics are updated with torch ops.
+    """
+    if mode in ("jit", "export"):
+        return _torch_batch_norm(
+            mode, input, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+            num_batches_tracked, store_unbiased, mask, small_batch, correction, process_group,
+        )  # fmt: skip
+    _refuse(
+        "torch.func transforms / forward-mode AD",
+        mask=mask,
+        correction=correction,
+        process_group=process_group,
+    )
+    if training and count_per_channel(input, axis) == 1 and small_batch != "skip":
+        if small_batch == "raise":
+            raise validate.one_value_error(input, axis)
+        if running_mean is None:
+            _small_batch_running(input, weight, bias, None, None, eps, axis)  # raises
+        mode_train = False  # "running": the running statistics, no update
+    else:
+        mode_train = training
+    y, stats = torch_op_forward(
+        input, weight, bias, running_mean, running_var, mode_train, eps, axis
+    )
+    if stats is not None and stats.num_values > 1 and running_mean is not None:
+        assert running_var is not None
+        if momentum is None and num_batches_tracked is None:
+            update_running_stats(running_mean, running_var, stats.mean, stats.var, 2, None)
+        # In torch ops, so that the tracer records it and a transform sees it.
+        kernels.NATIVE.running_update(
+            running_mean,
+            running_var,
+            stats.mean.detach(),
+            stats.var.detach(),
+            stats.num_values,
+            momentum,
+            num_batches_tracked,
+            store_unbiased,
+            skipped_updates,
+        )
+    return y
+
+
+def _refuse(where: str, **options: object) -> None:
+    """A clear error for options a graph path cannot express (none is silently dropped)."""
+    given = [name for name, value in options.items() if value not in (None, False)]
+    if given:
+        raise validate.BatchNormError(
+            f"batch_norm with {', '.join(given)} is not supported under {where}; call it in "
+            "eager mode or under torch.compile, or without that option"
+        )
+
+
+def _torch_batch_norm(
+    mode: str,
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float | None,
+    eps: float,
+    axis: int,
+    num_batches_tracked: Tensor | None,
+    store_unbiased: bool,
+    mask: Tensor | None,
+    small_batch: str,
+    correction: Correction | None,
+    process_group: Any,
+) -> Tensor:
+    """``torch.nn.functional.batch_norm`` for a traced or exported graph (see the caller), with
+    torch.nn's momentum rule: ``momentum=None`` is ``1 / num_batches_tracked``."""
+    where = "torch.jit.trace" if mode == "jit" else "torch.export"
+    _refuse(
+        where,
+        mask=mask,
+        correction=correction,
+        process_group=process_group,
+        store_unbiased_false=training and not store_unbiased,
+        small_batch_policy=training and small_batch != "raise",
+    )
+    factor = 0.0
+    if training and running_mean is not None:
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)  # as torch.nn's module does, recorded in the graph
+        if momentum is None:
+            assert num_batches_tracked is not None  # checked by check_inputs' caller
+            factor = 1.0 / float(num_batches_tracked)
+        else:
+            factor = momentum
+    moved = input if axis == 1 else input.movedim(axis, 1)
+    y = tnf.batch_norm(moved, running_mean, running_var, weight, bias, training, factor, eps)
+    return y if axis == 1 else y.movedim(1, axis)
+
+
 def _small_batch_running(
     input: Tensor,
     weight: Tensor | None,
@@ -279,19 +449,28 @@ def batch_norm(
         >>> rm, rv = torch.zeros(3), torch.ones(3)
         >>> y = batch_norm(x, rm, rv, training=True)
     """
-    axis = validate.check_inputs(
-        input,
-        running_mean,
-        running_var,
-        weight,
-        bias,
-        training,
-        momentum,
-        eps,
-        axis,
-        check_count=False,
-    )
+    mode = graph_mode(input, weight, bias)
+    with _untraced(mode):
+        axis = validate.check_inputs(
+            input,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            training,
+            momentum,
+            eps,
+            axis,
+            check_count=False,
+        )
     validate.check_small_batch(small_batch)
+    if mode is not None and not (mode == "export" and training):
+        # Training under torch.export keeps the kernel ops (they have fake implementations).
+        return _graph_batch_norm(
+            mode, input, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+            num_batches_tracked, store_unbiased, skipped_updates, mask, small_batch, correction,
+            process_group,
+        )  # fmt: skip
     if not training:
         assert running_mean is not None and running_var is not None  # checked above
         return eval_forward(input, weight, bias, running_mean, running_var, eps, axis)

@@ -17,6 +17,8 @@ from .stats import count_per_channel
 
 __all__ = [
     "SMALL_BATCH_POLICIES",
+    "BatchNormError",
+    "BatchNormTypeError",
     "check_eps",
     "check_ghost_size",
     "check_hyper",
@@ -30,6 +32,21 @@ __all__ = [
 ]
 
 SMALL_BATCH_POLICIES: Final = ("raise", "running", "skip")
+
+
+class BatchNormError(ValueError, RuntimeError):
+    """A call that torch.nn's batch norm rejects with a RuntimeError, with our message.
+
+    Both a ``ValueError`` (this package's convention for a bad value) and a ``RuntimeError``
+    (what ``torch.nn.functional.batch_norm`` raises for a wrong-size parameter, a tensor on
+    another device, or missing running statistics in evaluation), so code written against
+    either catches it.
+    """
+
+
+class BatchNormTypeError(TypeError, NotImplementedError):
+    """A wrong dtype or type: a ``TypeError``, and the ``NotImplementedError`` /
+    ``RuntimeError`` torch raises for a non-floating input or parameter."""
 
 
 def normalize_axis(axis: int, ndim: int) -> int:
@@ -121,15 +138,18 @@ def check_inputs(
     applies its ``small_batch`` policy there).
 
     Raises:
-        TypeError: a non-tensor or non-floating input or parameter.
-        ValueError: rank < 2, an axis out of range, eps <= 0, momentum outside [0, 1], running
-            statistics given alone or missing in evaluation, a parameter with the wrong number
-            of channels or on another device, one value per channel in training.
+        TypeError: a non-tensor input; :class:`BatchNormTypeError` (also a
+            ``NotImplementedError``/``RuntimeError``, as torch) for a non-floating input or
+            parameter.
+        ValueError: rank < 2, an axis out of range, eps <= 0, momentum outside [0, 1] in
+            training, one value per channel in training; :class:`BatchNormError` (also a
+            ``RuntimeError``, as torch) for running statistics given alone or missing in
+            evaluation, a parameter with the wrong number of channels or on another device.
     """
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
     if not input.is_floating_point():
-        raise TypeError(
+        raise BatchNormTypeError(
             f"batch_norm expects a floating-point input, got dtype={input.dtype}; "
             "convert it first, e.g. x.float()"
         )
@@ -140,11 +160,12 @@ def check_inputs(
         )
     axis = normalize_axis(axis, input.ndim)
     check_eps(eps)
-    check_momentum(momentum)
+    if training:  # as torch: a momentum is only ever used to update in training
+        check_momentum(momentum)
     if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together or both be None")
+        raise BatchNormError("running_mean and running_var must be given together or both be None")
     if not training and running_mean is None:
-        raise ValueError(
+        raise BatchNormError(
             "batch_norm in evaluation mode (training=False) needs running_mean and running_var; "
             "pass them, or use training=True to normalize with the batch's own statistics"
         )
@@ -160,19 +181,22 @@ def check_inputs(
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
         if t.numel() != channels:
-            raise ValueError(
+            raise BatchNormError(
                 f"{name} has {t.numel()} entries (shape {tuple(t.shape)}) but the input of shape "
                 f"{tuple(input.shape)} has {channels} channels along axis {axis}; give one value "
                 "per channel, or pick the right channel axis (axis=1 for NCHW, axis=-1 for "
                 "channels-last)"
             )
         if t.device != input.device:
-            raise ValueError(
+            raise BatchNormError(
                 f"{name} is on {t.device} but the input is on {input.device}; "
                 f"move them to one device, e.g. module.to({str(input.device)!r})"
             )
         if not t.is_floating_point():
-            raise TypeError(f"{name} must be floating point, got dtype={t.dtype}")
+            raise BatchNormTypeError(
+                f"{name} must be floating point, got dtype={t.dtype}; convert it, e.g. "
+                f"{name}.float(), or build the layer with dtype=torch.float32"
+            )
     if check_count and training and count_per_channel(input, axis) == 1:
         raise one_value_error(input, axis)
     return axis

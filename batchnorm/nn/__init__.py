@@ -4,6 +4,8 @@ Each layer holds parameters and buffers and chooses between training and evaluat
 math is the core's (:mod:`batchnorm.core`).
 """
 
+# Importing the layers registers them with torch.ao.quantization's fusers (quantization.py).
+from . import quantization as quantization
 from .act import BatchNormAct as BatchNormAct
 from .act import BatchNormAct1d as BatchNormAct1d
 from .act import BatchNormAct2d as BatchNormAct2d

@@ -11,6 +11,7 @@ broadcast) accept them, and their ``state_dict`` keys are torch's: ``weight``, `
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -86,7 +87,15 @@ class BatchNorm(_BatchNorm):
     map per channel. With ``track_running_stats=False`` batch statistics are used in both.
 
     Running statistics are never overwritten with NaN or inf: such a batch is skipped and
-    counted in the (non-persistent) buffer ``skipped_updates``.
+    counted in ``skipped_updates``, a 0-d int64 tensor on the layer's device that is neither a
+    parameter nor a buffer (``named_buffers()`` and ``state_dict()`` hold exactly torch.nn's
+    entries) and moves with ``.to()``.
+
+    Where it differs from ``torch.nn.BatchNorm*d`` on purpose (README, "Drop-in"):
+    the constructor rejects ``num_features < 1``, ``eps <= 0`` and a momentum outside [0, 1]
+    (torch accepts them and fails later or never); an empty training batch leaves the running
+    statistics *and* ``num_batches_tracked`` as they were (torch counts it, which shifts a
+    ``momentum=None`` cumulative average by a batch that had no data).
 
     Args:
         num_features: number of channels C.
@@ -94,6 +103,7 @@ class BatchNorm(_BatchNorm):
         momentum: weight of the new batch in the running average, or None (cumulative).
         affine: learn gamma (``weight``) and beta (``bias``), initialised to 1 and 0.
         track_running_stats: keep running statistics for evaluation.
+        bias: keyword-only, as torch.nn (2.13+): ``bias=False`` learns gamma only.
         axis: keyword-only, the channel axis (1 for NCHW, -1 for channels-last/Keras).
         center: keyword-only, learn beta; defaults to ``affine`` (Keras's ``center``).
         scale: keyword-only, learn gamma; defaults to ``affine`` (Keras's ``scale``).
@@ -126,6 +136,7 @@ class BatchNorm(_BatchNorm):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         axis: int = 1,
         center: bool | None = None,
         scale: bool | None = None,
@@ -133,7 +144,7 @@ class BatchNorm(_BatchNorm):
         small_batch: str = "raise",
     ) -> None:
         validate.check_hyper(num_features, eps, momentum, small_batch)
-        center = affine if center is None else center
+        center = (affine if center is None else center) and bias
         scale = affine if scale is None else scale
         super().__init__(
             num_features, eps, momentum, center or scale, track_running_stats, device, dtype
@@ -145,9 +156,28 @@ class BatchNorm(_BatchNorm):
             self.register_parameter("weight", None)
         if self.affine and not center:
             self.register_parameter("bias", None)
-        self.register_buffer(
-            "skipped_updates", torch.zeros((), dtype=torch.long, device=device), persistent=False
-        )
+        self._skipped_updates = torch.zeros((), dtype=torch.long, device=device)
+
+    @property
+    def skipped_updates(self) -> Tensor:
+        """Training batches whose statistics were not finite, so were not stored (0-d int64)."""
+        return self._skipped_updates
+
+    @skipped_updates.setter
+    def skipped_updates(self, value: Tensor) -> None:
+        self._skipped_updates = value
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> BatchNorm:
+        # .to()/.cuda()/.half() reach parameters and buffers; the counter is neither, so it
+        # follows here (dtype casts leave an int64 tensor as it is).
+        super()._apply(fn, recurse)
+        self._skipped_updates = fn(self._skipped_updates)
+        return self
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles in place of this layer (module docstring of
+        :func:`torch_equivalent`): torch.nn's layer on the same parameters and buffers."""
+        return torch_equivalent(self, purpose="torch.jit.script")
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
@@ -163,7 +193,6 @@ class BatchNorm(_BatchNorm):
                 f"{type(self).__name__} expects an input of rank >= 2, got shape {tuple(input.shape)}"
             )
 
-    skipped_updates: Tensor
     axis: int
     store_unbiased: bool
     small_batch: str
@@ -229,6 +258,100 @@ class BatchNorm(_BatchNorm):
         if self.stats_mode is not None:
             s += f", stats_mode={self.stats_mode!r}"
         return s
+
+
+class _AnyRankTorchBatchNorm(_BatchNorm):
+    """torch.nn's batch norm for any rank >= 2, channels on axis 1: the scriptable form of a
+    rank-free :class:`BatchNorm` (torch.nn has only the rank-checking 1d/2d/3d classes)."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of rank >= 2, got {input.dim()}D")
+
+
+def _torch_class(bn: BatchNorm, purpose: str) -> type[_BatchNorm]:
+    """The torch.nn class that computes what ``bn`` does, or a :class:`BatchNormError` naming
+    what torch.nn cannot express and what to do instead. The one home of these rules:
+    ``convert(to="torch")``, ``torch.jit.script`` and the quantization fusers all ask it."""
+    where = f"{purpose}: {type(bn).__name__}"
+    plain = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)
+    if type(bn) not in plain:
+        raise validate.BatchNormError(
+            f"{where} is a variant (not plain batch norm) that torch.nn has no layer for; use "
+            "torch.export or torch.compile, torch.jit.trace on the model in eval mode, or "
+            "batchnorm.fold / batchnorm.freeze for inference"
+        )
+    if bn.axis != 1:
+        raise validate.BatchNormError(
+            f"{where} normalizes axis {bn.axis}; torch.nn's layers have channels on axis 1: "
+            "permute the input to NCHW and use axis=1, or use torch.export / torch.compile"
+        )
+    if bn.stats_mode is not None:
+        raise validate.BatchNormError(
+            f"{where} has stats_mode={bn.stats_mode!r}, which torch.nn cannot express; "
+            "batchnorm.set_stats_mode(model, None) first, or batchnorm.freeze for frozen layers"
+        )
+    if not bn.store_unbiased:
+        raise validate.BatchNormError(
+            f"{where} stores the biased variance (store_unbiased=False); torch.nn always stores "
+            "the unbiased one, so training after conversion would mix the two; keep our layer"
+        )
+    if bn.affine and bn.weight is None:
+        raise validate.BatchNormError(
+            f"{where} learns beta without gamma (scale=False); torch.nn's bias=False is the "
+            "other way round; keep our layer"
+        )
+    if bn.small_batch != "raise":
+        raise validate.BatchNormError(
+            f"{where} has small_batch={bn.small_batch!r}; torch.nn always raises on one value "
+            "per channel: set small_batch='raise' first, or keep our layer"
+        )
+    return {
+        BatchNorm1d: nn.BatchNorm1d,
+        BatchNorm2d: nn.BatchNorm2d,
+        BatchNorm3d: nn.BatchNorm3d,
+    }.get(type(bn), _AnyRankTorchBatchNorm)
+
+
+def torch_equivalent(bn: BatchNorm, *, purpose: str = "torch.nn", share: bool = True) -> _BatchNorm:
+    """torch.nn's layer for ``bn``: ``torch.nn.BatchNorm1d/2d/3d`` (or a rank-free torch.nn
+    batch norm for :class:`BatchNorm`) with the same hyper-parameters and training flag.
+
+    ``share=True``: the new layer holds the very parameter and buffer tensors of ``bn`` (what
+    ``torch.jit.script`` and the quantization fusers need: an optimizer built on ``bn`` keeps
+    working); ``share=False``: copies (``convert(to="torch")``). Its arithmetic is torch's:
+    the same results up to rounding, without this package's exactness for ``|mean| >> std``.
+
+    Raises:
+        BatchNormError: a layer that torch.nn cannot express (a variant, another channel axis,
+            a statistics policy, ``store_unbiased=False``, ``scale=False``, a small-batch
+            policy); the message names the alternative.
+    """
+    cls = _torch_class(bn, purpose)
+    ref = bn.weight if bn.weight is not None else bn.running_mean
+    kw: dict[str, Any] = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    new = cls(
+        bn.num_features,
+        bn.eps,
+        bn.momentum,
+        bn.affine,
+        bn.track_running_stats,
+        bias=bn.bias is not None or not bn.affine,
+        **kw,
+    )
+    if share:
+        for name in ("weight", "bias"):
+            setattr(new, name, getattr(bn, name))
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            new._buffers[name] = bn._buffers[name]
+    else:
+        new.load_state_dict(bn.state_dict())
+        for name in ("weight", "bias"):
+            p = getattr(bn, name)
+            if p is not None:
+                getattr(new, name).requires_grad_(p.requires_grad)
+    new.train(bn.training)
+    return new
 
 
 class _RankMixin:

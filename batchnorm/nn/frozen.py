@@ -147,9 +147,37 @@ class FrozenBatchNorm(nn.Module):
             axis=self.axis,
         )
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles in place of this layer: the same fixed map in
+        torch.nn.functional's batch norm, on the same buffers (its arithmetic is torch's)."""
+        if self.axis != 1:
+            raise validate.BatchNormError(
+                f"torch.jit.script: {type(self).__name__} normalizes axis {self.axis}; the "
+                "scriptable form has channels on axis 1: use torch.export, torch.compile or "
+                "torch.jit.trace"
+            )
+        return _ScriptableFrozenBatchNorm(self)
+
     def extra_repr(self) -> str:
         s = f"{self.num_features}, eps={self.eps}"
         return s + (f", axis={self.axis}" if self.axis != 1 else "")
+
+
+class _ScriptableFrozenBatchNorm(nn.Module):
+    """TorchScript's form of :class:`FrozenBatchNorm` (channels on axis 1)."""
+
+    __constants__ = ["eps"]  # (not an annotation: this file's postponed ones are strings)
+
+    def __init__(self, frozen: FrozenBatchNorm) -> None:
+        super().__init__()
+        self.eps = frozen.eps
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self.register_buffer(name, getattr(frozen, name))
+
+    def forward(self, input: Tensor) -> Tensor:
+        return torch.nn.functional.batch_norm(
+            input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
 
 
 class FrozenBatchNorm1d(Rank1d, FrozenBatchNorm):

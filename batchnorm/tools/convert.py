@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core.collectives import is_distributed
-from ..nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from ..nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, torch_equivalent
 from .surgery import replace_modules
 
 __all__ = ["convert"]
@@ -68,29 +68,12 @@ def _to_torch(name: str, m: nn.Module) -> nn.Module | None:
     if not isinstance(m, BatchNorm):
         return None
     where = f"{name or 'the model'} ({type(m).__name__})"
-    cls = _TO_TORCH.get(type(m))
-    if cls is None:
+    if type(m) not in _TO_TORCH:
         raise ValueError(
             f"{where} has no torch.nn equivalent: torch.nn has only BatchNorm1d/2d/3d with channels on "
             f"axis 1 (this layer: axis={m.axis}); use batchnorm.BatchNorm1d/2d/3d, or keep our layer"
         )
-    if m.stats_mode is not None:
-        raise ValueError(
-            f"{where} has stats_mode={m.stats_mode!r}, which torch.nn cannot express; "
-            "batchnorm.set_stats_mode(model, None) first, or use batchnorm.freeze for frozen layers"
-        )
-    if not m.store_unbiased:
-        raise ValueError(
-            f"{where} stores the biased variance (store_unbiased=False); torch.nn always stores the "
-            "unbiased one, so training after conversion would mix the two; keep our layer"
-        )
-    if m.affine and (m.weight is None or m.bias is None):
-        raise ValueError(
-            f"{where} learns only one of gamma, beta (center/scale); torch.nn has both or neither; keep our layer"
-        )
-    return _copy_state(
-        m, cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, **_like(m))
-    )
+    return torch_equivalent(m, purpose=f"convert(to='torch') of {where}", share=False)
 
 
 def convert(model: nn.Module, to: str = "batchnorm") -> nn.Module:
@@ -119,7 +102,8 @@ def convert(model: nn.Module, to: str = "batchnorm") -> nn.Module:
         ValueError: an unknown ``to``; a ``SyncBatchNorm`` inside a running process group;
             a torch layer with ``eps=0`` (ours needs eps > 0); one of our layers that torch
             cannot express (axis other than 1 or no fixed rank, ``stats_mode`` set,
-            ``store_unbiased=False``, only one of gamma/beta).
+            ``store_unbiased=False``, beta without gamma, a small-batch policy):
+            ``batchnorm.nn.batchnorm.torch_equivalent`` says which.
 
     Example:
         >>> model = convert(torchvision_model, to="batchnorm")

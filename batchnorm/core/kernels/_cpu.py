@@ -437,6 +437,7 @@ def _running_update(
     """
     if not (
         plain_eager(running_mean)
+        and plain_eager(mean)
         and running_mean.dtype in _VEC_CODE
         and running_var.dtype == running_mean.dtype
         and (momentum is None or type(momentum) in (float, int))

@@ -8,12 +8,17 @@ __all__ = ["plain_eager"]
 
 
 def plain_eager(x: torch.Tensor) -> bool:
-    """True when nothing is tracing or transforming ``x``: no compile/export, no dispatch or
-    function mode, no functorch wrapper, a plain tensor (not Fake/Functional/a subclass)."""
+    """True when nothing is tracing or transforming ``x``: no compile/export, no TorchScript
+    trace, no dispatch or function mode, no functorch wrapper, a plain tensor (not
+    Fake/Functional/a subclass)."""
     return (
         not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
         and type(x) is torch.Tensor
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+        # the older vmap of torch.autograd.functional (jacobian(vectorize=True), gradcheck's
+        # batched gradients) wraps tensors without functorch's marker
+        and not torch._C._functorch.is_legacy_batchedtensor(x)
     )
