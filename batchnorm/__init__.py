@@ -68,8 +68,12 @@ _MODULES = ("functional", "func")
 __all__ = [*_MODULES, *_WHERE]
 
 
+# Subpackages by role, importable as attributes too (``batchnorm.core.kernels.info()``).
+_SUBPACKAGES = ("core", "nn", "tools", "cli", "experiments", "reference")
+
+
 def __getattr__(name: str) -> Any:
-    if name in _MODULES:
+    if name in _MODULES or name in _SUBPACKAGES:
         return importlib.import_module(f"batchnorm.{name}")
     where = _WHERE.get(name)
     if where is None:

@@ -27,6 +27,7 @@ import torch.nn.functional as TF
 from torch import nn
 
 from batchnorm import reference as ref
+from batchnorm.core.validate import BatchNormError
 from batchnorm.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d
 from batchnorm.nn.renorm import BatchRenorm
 from batchnorm.nn.sync import SyncBatchNorm, SyncBatchRenorm
@@ -45,7 +46,7 @@ TIGHT = dict(rtol=1e-10, atol=1e-12)
 # --------------------------------------------------------------------------- harness
 
 
-def _entry(rank: int, world: int, store: str, fn_name: str) -> None:
+def _entry(rank: int, world: int, store: str, fn_name: str, barrier: bool = True) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
@@ -56,17 +57,25 @@ def _entry(rank: int, world: int, store: str, fn_name: str) -> None:
     )
     try:
         globals()[fn_name](rank, world)
-        dist.barrier()
+        if barrier:
+            dist.barrier()
     finally:
-        dist.destroy_process_group()
+        if barrier:
+            dist.destroy_process_group()
 
 
-def _spawn(fn_name: str, world: int) -> None:
-    """Run ``fn_name(rank, world)`` in ``world`` gloo processes; fail (never hang) on error."""
+def _spawn(fn_name: str, world: int, barrier: bool = True) -> None:
+    """Run ``fn_name(rank, world)`` in ``world`` gloo processes; fail (never hang) on error.
+
+    ``barrier=False`` for a test that leaves the group unusable on purpose (a timeout)."""
     tmp = tempfile.TemporaryDirectory()
     store = os.path.join(tmp.name, "store")
     ctx = mp.start_processes(
-        _entry, args=(world, store, fn_name), nprocs=world, join=False, start_method="spawn"
+        _entry,
+        args=(world, store, fn_name, barrier),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
     )
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     try:
@@ -448,6 +457,40 @@ def _worker_ddp(rank: int, world: int) -> None:
 @pytest.mark.slow
 def test_ddp_training_matches_one_process_2_processes():
     _spawn("_worker_ddp", 2)
+
+
+def _worker_disagree(rank: int, world: int) -> None:
+    """Layers of different widths on different ranks: the same clear error on every rank."""
+    layer = SyncBatchNorm(3 + rank)
+    layer.label = "net.bn1"
+    with pytest.raises(BatchNormError, match="net.bn1 differs across ranks") as err:
+        layer(torch.randn(4, 3 + rank))
+    assert "rank 0: 3 channels" in str(err.value) and "rank 1: 4 channels" in str(err.value)
+    # The same layers agree afterwards: the check does not poison the group.
+    same = SyncBatchNorm(5, dtype=F64)
+    y = same(torch.randn(4, 5, dtype=F64))
+    assert y.shape == (4, 5)
+
+
+def _worker_silent_rank(rank: int, world: int) -> None:
+    """Rank 1 stays alive but never reaches the layer: rank 0 raises in seconds, naming the
+    layer and the rank that did not answer, instead of waiting for the group's timeout."""
+    if rank == 1:
+        time.sleep(12)
+        return
+    layer = SyncBatchNorm(3, timeout=2)
+    layer.label = "net.bn1"
+    start = time.monotonic()
+    with pytest.raises(BatchNormError, match="net.bn1: rank 0 waited 2 s") as err:
+        layer(torch.randn(4, 3))
+    assert time.monotonic() - start < 10
+    assert "Ranks 1 failed" in str(err.value), str(err.value)
+
+
+@pytest.mark.slow
+def test_ranks_that_disagree_or_do_not_answer_get_clear_errors():
+    _spawn("_worker_disagree", 2)
+    _spawn("_worker_silent_rank", 2, barrier=False)
 
 
 # --------------------------------------------------------------------------- in one process

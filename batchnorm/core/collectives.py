@@ -30,21 +30,105 @@ A rank with no samples contributes ``n = 0`` and zero sums, and still joins both
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from .stats import merge_moments
+from .validate import BatchNormError
 
 __all__ = [
+    "CHECK_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "SyncGroup",
     "active_group",
     "all_gather_moments",
     "all_gather_stats",
     "all_reduce_sums",
+    "check_agreement",
     "is_distributed",
 ]
+
+#: How long a synchronized layer waits for the other ranks in one collective before it raises
+#: (torch.distributed's own default is 30 minutes, which looks like a hang).
+DEFAULT_TIMEOUT = timedelta(minutes=5)
+#: The first synchronisation of a layer (the agreement check) waits at most this long.
+CHECK_TIMEOUT = timedelta(seconds=60)
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+class SyncGroup(NamedTuple):
+    """A process group with what its errors should say: the layer and the timeout.
+
+    What a synchronized layer passes as ``process_group``; a plain group works too (then the
+    label is empty and the timeout :data:`DEFAULT_TIMEOUT`).
+    """
+
+    group: Any
+    timeout: timedelta = DEFAULT_TIMEOUT
+    label: str = ""
+
+
+def _unpack(group: Any) -> SyncGroup:
+    return group if isinstance(group, SyncGroup) else SyncGroup(group)
+
+
+def _wait(work: Any, sync: SyncGroup, what: str, timeout: timedelta | None = None) -> None:
+    """Wait for ``work`` at most the timeout; a rank that does not answer becomes a clear error
+    naming the layer and, where the backend can tell (gloo), the ranks that did not answer."""
+    timeout = sync.timeout if timeout is None else timeout
+    try:
+        work.wait(timeout=timeout)
+    except RuntimeError as err:
+        missing = ""
+        if dist.get_backend(sync.group) == "gloo":
+            try:  # names the ranks that did not answer (on rank 0; the others point there)
+                dist.monitored_barrier(
+                    sync.group, timeout=min(timeout, timedelta(seconds=10)), wait_all_ranks=True
+                )
+            except RuntimeError as found:
+                missing = f" ({str(found).splitlines()[0]})"
+        layer = f" {sync.label}" if sync.label else ""
+        raise BatchNormError(
+            f"synchronized batch norm{layer}: rank {dist.get_rank()} waited "
+            f"{timeout.total_seconds():g} s for the other ranks' {what} and timed out{missing}. "
+            "Every rank must run the same layers in the same order, in training mode, with the "
+            "same process group; a rank that failed or skipped this layer leaves the others "
+            "waiting. Raise the limit with SyncBatchNorm(timeout=...) if a step is slow"
+        ) from err
+
+
+def check_agreement(sync: Any, x: Tensor, axis: int) -> None:
+    """Check, in one small collective, that every rank runs this layer with the same width,
+    dtype, rank and channel axis; raise the same :class:`BatchNormError` on every rank if not.
+
+    Made once per layer and group (the layer caches it): a mismatch would otherwise make
+    gloo abort one process and reset the others' connections.
+    """
+    sync = _unpack(sync)
+    code = _DTYPES.index(x.dtype) if x.dtype in _DTYPES else len(_DTYPES)
+    local = torch.tensor([x.shape[axis], code, x.ndim, axis], dtype=torch.int64, device=x.device)
+    world = dist.get_world_size(sync.group)
+    gathered = local.new_empty(world * local.numel())
+    work = _all_gather(gathered, local, sync.group)
+    _wait(work, sync, "layer description", timeout=min(sync.timeout, CHECK_TIMEOUT))
+    table = gathered.view(world, local.numel()).cpu().tolist()
+    if all(row == table[0] for row in table):
+        return
+
+    def describe(row: list[int]) -> str:
+        dtype = _DTYPES[row[1]] if row[1] < len(_DTYPES) else "another dtype"
+        return f"{row[0]} channels, {dtype}, rank-{row[2]} input, channel axis {row[3]}"
+
+    ranks = "; ".join(f"rank {r}: {describe(row)}" for r, row in enumerate(table))
+    layer = f" {sync.label}" if sync.label else ""
+    raise BatchNormError(
+        f"synchronized batch norm{layer} differs across ranks ({ranks}); every rank must build "
+        "the same model (same widths and dtypes) and call its layers in the same order"
+    )
 
 
 def is_distributed(process_group: Any = None) -> bool:
@@ -62,16 +146,20 @@ def active_group(process_group: Any = None) -> Any:
     """
     if not (dist.is_available() and dist.is_initialized()):
         return None
+    if isinstance(process_group, SyncGroup):
+        inner = active_group(process_group.group)
+        return None if inner is None else process_group._replace(group=inner)
     group = process_group if process_group is not None else dist.group.WORLD
     if dist.get_world_size(group) <= 1:
         return None
     return group
 
 
-def _all_gather(out: Tensor, inp: Tensor, group: Any) -> None:
+def _all_gather(out: Tensor, inp: Tensor, group: Any) -> Any:
+    """Start an all-gather of ``inp`` into ``out``; returns the work to wait on."""
     # torch >= 2.10 renamed all_gather_into_tensor (the old name warns).
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(out, inp, group=group)
+    return gather(out, inp, group=group, async_op=True)
 
 
 def all_gather_stats(
@@ -96,9 +184,10 @@ def all_gather_stats(
         local = torch.cat([n, mean.to(torch.float64), var.to(torch.float64) * count])  # (1 + 2C,)
     else:
         local = torch.cat([n, mean.new_zeros(2 * channels, dtype=torch.float64)])
-    world = dist.get_world_size(group)
+    sync = _unpack(group)
+    world = dist.get_world_size(sync.group)
     gathered = local.new_empty(world * local.numel())
-    _all_gather(gathered, local, group)
+    _wait(_all_gather(gathered, local, sync.group), sync, "batch statistics")
     gathered = gathered.view(world, 1 + 2 * channels)  # (W, 1 + 2C)
     counts = gathered[:, :1]  # (W, 1)
     means, m2s = gathered[:, 1 : 1 + channels], gathered[:, 1 + channels :]  # (W, C) each
@@ -110,8 +199,10 @@ def all_gather_stats(
 
 def all_reduce_sums(sum_dy: Tensor, sum_dy_xmu: Tensor, group: Any) -> tuple[Tensor, Tensor]:
     """Sum ``sum(dy)`` and ``sum(dy * (x - mean))`` over the ranks, in one packed collective."""
+    sync = _unpack(group)
     packed = torch.stack([sum_dy, sum_dy_xmu])  # (2, C)
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+    work = dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=sync.group, async_op=True)
+    _wait(work, sync, "gradient sums")
     return packed[0], packed[1]
 
 
@@ -127,16 +218,17 @@ def all_gather_moments(
     """
     sums = sums or []
     device = parts[0][1].device
-    if dist.get_backend(group) == "nccl":
+    if dist.get_backend(_unpack(group).group) == "nccl":
         device = torch.device("cuda", torch.cuda.current_device())
     sizes = [mean.numel() for _, mean, _ in parts]
     pieces = [torch.tensor([c for c, _, _ in parts], dtype=torch.float64)]
     pieces += [t.double().cpu() for _, mean, m2 in parts for t in (mean, m2)]
     pieces += [t.double().cpu() for t in sums]
     local = torch.cat(pieces).to(device)  # (L + 2 sum C + sum S,)
-    world = dist.get_world_size(group)
+    sync = _unpack(group)
+    world = dist.get_world_size(sync.group)
     gathered = local.new_empty(world * local.numel())
-    _all_gather(gathered, local, group)
+    _wait(_all_gather(gathered, local, sync.group), sync, "population statistics")
     table = gathered.view(world, -1).cpu()  # (W, L + 2 sum C + sum S)
     merged, offset = [], len(parts)
     for i, c in enumerate(sizes):

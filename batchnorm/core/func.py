@@ -71,7 +71,7 @@ def batch_norm(
     y, stats = torch_op_forward(input, weight, bias, running_mean, running_var, training, eps, axis)
     if stats is None or running_mean is None or running_var is None:
         return y, running_mean, running_var
-    new_mean, new_var = running_stats_step(
+    new_mean, new_var, _ = running_stats_step(
         running_mean,
         running_var,
         stats.mean.detach(),

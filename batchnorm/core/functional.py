@@ -343,6 +343,19 @@ def _torch_batch_norm(
     return y if axis == 1 else y.movedim(1, axis)
 
 
+def _torch_layout(x: Tensor) -> Tensor:
+    """``x`` in a layout whose output follows torch's memory-format rule: channels-last stays
+    channels-last, anything else (a transpose, a strided slice) is made contiguous, so the
+    output is contiguous as torch.nn's is and ``y.view(N, -1)`` works."""
+    if x.is_contiguous():
+        return x
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return x
+    return x.contiguous()
+
+
 def _small_batch_running(
     input: Tensor,
     weight: Tensor | None,
@@ -471,6 +484,7 @@ def batch_norm(
             num_batches_tracked, store_unbiased, skipped_updates, mask, small_batch, correction,
             process_group,
         )  # fmt: skip
+    input = _torch_layout(input)
     if not training:
         assert running_mean is not None and running_var is not None  # checked above
         return eval_forward(input, weight, bias, running_mean, running_var, eps, axis)

@@ -43,21 +43,35 @@ def running_stats_step(
     *,
     store_unbiased: bool = True,
     ok: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """The pure form of ``update_running_stats``: new ``(running_mean, running_var)``.
 
     ``new = (1 - factor) * running + factor * batch`` (eq. 13), the batch variance made
-    unbiased (eq. 16) if ``store_unbiased``; where the batch statistics are not all finite
-    the running ones are returned unchanged (``ok``, a 0-d bool tensor, is that test when the
-    caller has already made it). No in-place operation, so it runs under ``torch.func``
-    transforms.
+    unbiased (eq. 16) if ``store_unbiased``. The blend is computed in float32 or better (a
+    float16 buffer is blended in float32 and rounded once: a batch variance above 65504 still
+    moves a float16 ``running_var`` to the right finite value). Where the batch statistics are
+    not all finite (``ok``, a 0-d bool tensor, is that test when the caller has already made
+    it), or the blended values do not fit the buffers' dtype, the running ones are returned
+    unchanged and ``ok`` is False. No in-place operation, so it runs under ``torch.func``.
+
+    Returns:
+        ``(new_running_mean, new_running_var, ok)``.
     """
     if ok is None:
         ok = all_finite(mean, var)
     batch_var = bessel(var, count) if store_unbiased else var  # (eq. 16)
-    new_mean = factor * mean.to(running_mean.dtype) + (1 - factor) * running_mean
-    new_var = factor * batch_var.to(running_var.dtype) + (1 - factor) * running_var
-    return torch.where(ok, new_mean, running_mean), torch.where(ok, new_var, running_var)
+    mean_acc = torch.promote_types(running_mean.dtype, torch.float32)
+    var_acc = torch.promote_types(running_var.dtype, torch.float32)
+    new_mean = factor * mean.to(mean_acc) + (1 - factor) * running_mean.to(mean_acc)
+    new_var = factor * batch_var.to(var_acc) + (1 - factor) * running_var.to(var_acc)
+    new_mean, new_var = new_mean.to(running_mean.dtype), new_var.to(running_var.dtype)
+    # A value that overflows the buffer's dtype (float16 holds at most 65504) is not stored.
+    ok = ok & all_finite(new_mean, new_var)
+    return (
+        torch.where(ok, new_mean, running_mean),
+        torch.where(ok, new_var, running_var),
+        ok,
+    )
 
 
 def native_running_update(
@@ -74,18 +88,16 @@ def native_running_update(
     """``update_running_stats`` in torch ops, on any device: the native kernel entry."""
     with torch.no_grad():
         ok = all_finite(mean, var)
-        if num_batches_tracked is not None:
-            num_batches_tracked.add_(ok.to(num_batches_tracked.dtype))
-        if skipped_updates is not None:
-            skipped_updates.add_((~ok).to(skipped_updates.dtype))
         factor: float | Tensor
         if momentum is None:
             assert num_batches_tracked is not None  # checked by update_running_stats
-            # (eq. 15) as an EMA with factor 1/n; clamp keeps 1/0 out of a skipped first batch.
-            factor = 1.0 / num_batches_tracked.clamp(min=1).to(running_mean.dtype)
+            # (eq. 15) as an EMA with factor 1/n, n counting this batch if it is stored; clamp
+            # keeps 1/0 out of a skipped first batch.
+            n = num_batches_tracked + ok.to(num_batches_tracked.dtype)
+            factor = 1.0 / n.clamp(min=1).to(torch.promote_types(running_mean.dtype, torch.float32))
         else:
             factor = momentum
-        new_mean, new_var = running_stats_step(
+        new_mean, new_var, ok = running_stats_step(
             running_mean,
             running_var,
             mean,
@@ -95,5 +107,9 @@ def native_running_update(
             store_unbiased=store_unbiased,
             ok=ok,
         )
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(ok.to(num_batches_tracked.dtype))
+        if skipped_updates is not None:
+            skipped_updates.add_((~ok).to(skipped_updates.dtype))
         running_mean.copy_(new_mean)
         running_var.copy_(new_var)

@@ -18,7 +18,9 @@ from .stats import count_per_channel
 __all__ = [
     "SMALL_BATCH_POLICIES",
     "BatchNormError",
+    "BatchNormStateWarning",
     "BatchNormTypeError",
+    "check_statistics",
     "check_eps",
     "check_ghost_size",
     "check_hyper",
@@ -42,6 +44,43 @@ class BatchNormError(ValueError, RuntimeError):
     another device, or missing running statistics in evaluation), so code written against
     either catches it.
     """
+
+
+class BatchNormStateWarning(UserWarning):
+    """Loaded state that is valid but does not mean what it meant where it was saved."""
+
+
+def check_statistics(
+    running_mean: Tensor | None, running_var: Tensor | None, where: str
+) -> str | None:
+    """A message if loaded statistics cannot normalize (a NaN or inf mean, a negative, NaN or
+    inf variance), naming the channels; None if they can.
+
+    Reads the values: one host synchronisation, made once when state is loaded (a state dict,
+    a Keras file), never per call.
+    """
+    problems = []
+    for name, t, bad_fn in (
+        ("running_mean", running_mean, lambda v: ~torch.isfinite(v)),
+        ("running_var", running_var, lambda v: ~torch.isfinite(v) | (v < 0)),
+    ):
+        if t is None or t.numel() == 0 or not t.is_floating_point():
+            continue
+        bad = bad_fn(t.detach().double())
+        if bool(bad.any()):
+            idx = bad.nonzero().flatten()[:8].tolist()
+            values = t.detach().double().flatten()[idx].tolist()
+            problems.append(
+                f"{name} has {int(bad.sum())} unusable entries (channels {idx}: {values})"
+            )
+    if not problems:
+        return None
+    return (
+        f"{where}: {'; '.join(problems)}. A variance must be finite and >= 0 and a mean finite, "
+        "or every output of that channel would be NaN in evaluation. Fix the saved values (e.g. "
+        "recompute them with batchnorm.recompute_statistics) or reset them with "
+        "layer.reset_running_stats()"
+    )
 
 
 class BatchNormTypeError(TypeError, NotImplementedError):

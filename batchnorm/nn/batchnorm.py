@@ -179,6 +179,46 @@ class BatchNorm(_BatchNorm):
         :func:`torch_equivalent`): torch.nn's layer on the same parameters and buffers."""
         return torch_equivalent(self, purpose="torch.jit.script")
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Checked once here, not per call: statistics that cannot normalize are refused, and
+        # a cumulative average that would silently restart is announced.
+        message = validate.check_statistics(
+            state_dict.get(prefix + "running_mean"),
+            state_dict.get(prefix + "running_var"),
+            f"{type(self).__name__} {prefix.rstrip('.') or '(the layer)'}",
+        )
+        if message is not None:
+            error_msgs.append(message)
+        nbt = prefix + "num_batches_tracked"
+        if (
+            self.momentum is None
+            and self.track_running_stats
+            and prefix + "running_mean" in state_dict
+            and nbt not in state_dict
+        ):
+            warnings.warn(
+                f"{type(self).__name__} {prefix.rstrip('.') or '(the layer)'} has momentum=None "
+                "(a cumulative average over num_batches_tracked batches), but the state dict has "
+                "no num_batches_tracked: the loaded running statistics would count as "
+                f"{int(self.num_batches_tracked or 0)} batches and be replaced by the next "
+                "training batch. Set layer.num_batches_tracked to the number of batches they "
+                "average, or use a float momentum",
+                validate.BatchNormStateWarning,
+                stacklevel=4,
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def reset_parameters(self) -> None:
         self.reset_running_stats()
         with torch.no_grad():

@@ -118,7 +118,15 @@ class FrozenBatchNorm(nn.Module):
         error_msgs: list[str],
     ) -> None:
         # A torch / batchnorm BN state dict carries num_batches_tracked; an affine=False one
-        # has no weight/bias (identity gamma, beta).
+        # has no weight/bias (identity gamma, beta). Statistics that cannot normalize are
+        # refused once here, not per call.
+        message = validate.check_statistics(
+            state_dict.get(prefix + "running_mean"),
+            state_dict.get(prefix + "running_var"),
+            f"{type(self).__name__} {prefix.rstrip('.') or '(the layer)'}",
+        )
+        if message is not None:
+            error_msgs.append(message)
         state_dict.pop(prefix + "num_batches_tracked", None)
         if prefix + "running_mean" in state_dict:
             for key, fill in (("weight", 1.0), ("bias", 0.0)):

@@ -19,17 +19,64 @@ axis, unequal batches and ranks with zero samples.
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
-from ..core.collectives import active_group
+from ..core.collectives import DEFAULT_TIMEOUT, SyncGroup, active_group, check_agreement
 from .batchnorm import BatchNorm
 from .renorm import BatchRenorm
 
 __all__ = ["SyncBatchNorm", "SyncBatchRenorm"]
 
 
-class SyncBatchNorm(BatchNorm):
+class _Synchronized:
+    """What both synchronized layers share: the group, its timeout, and the agreement check.
+
+    The first training call on a group checks, in one small collective, that every rank runs
+    this layer with the same width, dtype, input rank and channel axis
+    (``core.collectives.check_agreement``), and raises the same clear error on every rank if
+    not; afterwards the answer is cached. Every collective waits at most ``timeout`` (the
+    check at most a minute), then raises naming the layer and, on gloo, the ranks that did
+    not answer.
+    """
+
+    process_group: Any
+    timeout: timedelta
+    label: str = ""
+    _agreed_on: Any = None
+
+    def _init_sync(self, process_group: Any, timeout: float | timedelta | None) -> None:
+        self.process_group = process_group
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT
+        elif not isinstance(timeout, timedelta):
+            timeout = timedelta(seconds=float(timeout))
+        if timeout.total_seconds() <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.timeout = timeout
+
+    def _sync_group(self) -> SyncGroup | None:
+        group = active_group(self.process_group)
+        if group is None:
+            return None
+        label = self.label or f"{type(self).__name__}({getattr(self, 'num_features', '?')})"
+        return SyncGroup(group, self.timeout, label)
+
+    def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
+        if getattr(self, "training", False):
+            sync = self._sync_group()
+            if sync is not None and self._agreed_on is not sync.group:
+                axis = getattr(self, "axis", 1) % max(input.ndim, 1)
+                check_agreement(sync, input, axis)
+                self._agreed_on = sync.group
+        return super().forward(input, mask)  # type: ignore[misc, no-any-return]
+
+
+class SyncBatchNorm(_Synchronized, BatchNorm):
     """:class:`~batchnorm.BatchNorm` whose training statistics span every process of a group.
 
     In training, over the union ``U`` of the batches of all ranks of ``process_group``::
@@ -56,6 +103,10 @@ class SyncBatchNorm(BatchNorm):
         process_group: the group to synchronize over; None means the default (world) group.
         axis, center, scale, store_unbiased, small_batch: keyword-only, as
             :class:`~batchnorm.BatchNorm`; ``small_batch`` applies to the global count.
+        timeout: keyword-only, seconds (or a ``timedelta``) that one collective waits for the
+            other ranks before raising a ``BatchNormError`` that names the layer (default 5
+            minutes; the first call's agreement check waits at most 1 minute). The attribute
+            ``label`` (set by ``convert_sync_batchnorm`` to the layer's name) names it.
 
     Example:
         >>> # in each process started by torchrun, after dist.init_process_group("gloo")
@@ -79,6 +130,7 @@ class SyncBatchNorm(BatchNorm):
         scale: bool | None = None,
         store_unbiased: bool = True,
         small_batch: str = "raise",
+        timeout: float | timedelta | None = None,
     ) -> None:
         super().__init__(
             num_features,
@@ -94,13 +146,10 @@ class SyncBatchNorm(BatchNorm):
             store_unbiased=store_unbiased,
             small_batch=small_batch,
         )
-        self.process_group = process_group
-
-    def _sync_group(self) -> object | None:
-        return active_group(self.process_group)
+        self._init_sync(process_group, timeout)
 
 
-class SyncBatchRenorm(BatchRenorm):
+class SyncBatchRenorm(_Synchronized, BatchRenorm):
     """Batch Renormalization (:class:`batchnorm.BatchRenorm`) with synchronized statistics.
 
     In training the batch statistics, and so r and d, are those of the global batch over
@@ -111,11 +160,15 @@ class SyncBatchRenorm(BatchRenorm):
         num_features, eps, momentum, affine, device, dtype, r_max, d_max: as
             :class:`batchnorm.BatchRenorm` (keyword arguments of BatchNorm pass through).
         process_group: keyword-only, the group to synchronize over; None means the world.
+        timeout: keyword-only, as :class:`SyncBatchNorm`.
     """
 
-    def __init__(self, *args, process_group: dist.ProcessGroup | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        process_group: dist.ProcessGroup | None = None,
+        timeout: float | timedelta | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.process_group = process_group
-
-    def _sync_group(self) -> object | None:
-        return active_group(self.process_group)
+        self._init_sync(process_group, timeout)

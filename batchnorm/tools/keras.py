@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..core import validate
 from ..nn.batchnorm import BatchNorm
 
 __all__ = ["KerasBatchNorm", "from_keras", "to_keras", "load_keras_weights"]
@@ -325,6 +326,15 @@ def from_keras(
         >>> bn = from_keras("model.weights.h5", torch.nn.BatchNorm2d, layer_name="bn1")
     """
     kb = _as_keras(source, layer_name, center, scale, config)
+    message = validate.check_statistics(
+        torch.as_tensor(np.asarray(kb.moving_mean, dtype=np.float64)),
+        torch.as_tensor(np.asarray(kb.moving_variance, dtype=np.float64)),
+        f"from_keras({layer_name or type(source).__name__!s})",
+    )
+    if message is not None:
+        raise validate.BatchNormError(
+            message.replace("running_var", "moving_variance").replace("running_mean", "moving_mean")
+        )
     c = int(np.asarray(kb.moving_mean).shape[0])
     if batch_count is not None and batch_count < 2:
         raise ValueError(
