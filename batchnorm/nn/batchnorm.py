@@ -197,7 +197,8 @@ class BatchNorm(_BatchNorm):
             f"{type(self).__name__} {prefix.rstrip('.') or '(the layer)'}",
         )
         if message is not None:
-            error_msgs.append(message)
+            error_msgs.append(message)  # load_state_dict raises it; this layer keeps its state
+            return
         nbt = prefix + "num_batches_tracked"
         if (
             self.momentum is None

@@ -126,7 +126,8 @@ class FrozenBatchNorm(nn.Module):
             f"{type(self).__name__} {prefix.rstrip('.') or '(the layer)'}",
         )
         if message is not None:
-            error_msgs.append(message)
+            error_msgs.append(message)  # load_state_dict raises it; this layer keeps its state
+            return
         state_dict.pop(prefix + "num_batches_tracked", None)
         if prefix + "running_mean" in state_dict:
             for key, fill in (("weight", 1.0), ("bias", 0.0)):
