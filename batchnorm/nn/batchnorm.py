@@ -31,6 +31,8 @@ __all__ = [
     "Rank2d",
     "Rank3d",
     "frozen_params_updating",
+    "refuse_unusable_statistics",
+    "torch_equivalent",
     "warn_frozen_params_updating",
 ]
 
@@ -191,13 +193,7 @@ class BatchNorm(_BatchNorm):
     ) -> None:
         # Checked once here, not per call: statistics that cannot normalize are refused, and
         # a cumulative average that would silently restart is announced.
-        message = validate.check_statistics(
-            state_dict.get(prefix + "running_mean"),
-            state_dict.get(prefix + "running_var"),
-            f"{type(self).__name__} {prefix.rstrip('.') or '(the layer)'}",
-        )
-        if message is not None:
-            error_msgs.append(message)  # load_state_dict raises it; this layer keeps its state
+        if refuse_unusable_statistics(self, state_dict, prefix, error_msgs):
             return
         nbt = prefix + "num_batches_tracked"
         if (
@@ -393,6 +389,21 @@ def torch_equivalent(bn: BatchNorm, *, purpose: str = "torch.nn", share: bool = 
                 getattr(new, name).requires_grad_(p.requires_grad)
     new.train(bn.training)
     return new
+
+
+def refuse_unusable_statistics(
+    layer: nn.Module, state_dict: dict[str, Any], prefix: str, error_msgs: list[str]
+) -> bool:
+    """In ``_load_from_state_dict``: True (and the message queued for ``load_state_dict`` to
+    raise) if the statistics to load cannot normalize, so the layer keeps its own state."""
+    message = validate.check_statistics(
+        state_dict.get(prefix + "running_mean"),
+        state_dict.get(prefix + "running_var"),
+        f"{type(layer).__name__} {prefix.rstrip('.') or '(the layer)'}",
+    )
+    if message is not None:
+        error_msgs.append(message)
+    return message is not None
 
 
 class _RankMixin:

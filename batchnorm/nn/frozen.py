@@ -16,7 +16,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..core import functional as F
 from ..core import validate
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, Rank1d, Rank2d, Rank3d, _RankMixin
+from .batchnorm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    Rank1d,
+    Rank2d,
+    Rank3d,
+    _RankMixin,
+    refuse_unusable_statistics,
+)
 
 __all__ = ["FrozenBatchNorm", "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d"]
 
@@ -120,13 +129,7 @@ class FrozenBatchNorm(nn.Module):
         # A torch / batchnorm BN state dict carries num_batches_tracked; an affine=False one
         # has no weight/bias (identity gamma, beta). Statistics that cannot normalize are
         # refused once here, not per call.
-        message = validate.check_statistics(
-            state_dict.get(prefix + "running_mean"),
-            state_dict.get(prefix + "running_var"),
-            f"{type(self).__name__} {prefix.rstrip('.') or '(the layer)'}",
-        )
-        if message is not None:
-            error_msgs.append(message)  # load_state_dict raises it; this layer keeps its state
+        if refuse_unusable_statistics(self, state_dict, prefix, error_msgs):
             return
         state_dict.pop(prefix + "num_batches_tracked", None)
         if prefix + "running_mean" in state_dict:
