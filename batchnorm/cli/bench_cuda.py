@@ -495,10 +495,11 @@ def run(args: argparse.Namespace) -> int:
             line = format_row(row)
             out_lines.append(line)
             print(line, flush=True)
+            if args.json:  # after every row: a run cut short keeps what it measured
+                _write_json(args.json, {"environment": env, "rows": rows})
     payload = {"environment": env, "rows": rows}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=1)
+        _write_json(args.json, payload)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         name = "sweep" if args.sweep else "bench"
@@ -507,6 +508,13 @@ def run(args: argparse.Namespace) -> int:
         with open(os.path.join(args.out, f"{name}.txt"), "w") as f:
             f.write("\n".join(out_lines) + "\n")
     return 0
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
 
 
 def _sweep(
