@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 if "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -427,6 +428,38 @@ def test_plans_cover_the_tensor():
         # Each program's float32 count stays exact.
         per_program = (p.tps if p.planes else p.tps // p.block_a) * p.block_a * p.block_b
         assert per_program <= 2**23
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_for_hopper_without_a_gpu(tmp_path):
+    """The interpreter runs no compiler: compile the launches of the training step, eval and
+    backward on a 4-D shape (NCHW and channels-last) and a 2-D one, float32 and bfloat16, for
+    sm_90 with the installed triton (benchmarks/triton_compile_check.py, in a process that
+    imports triton compiled), and check that none fails, spills or reads scalars."""
+    import json
+    import subprocess
+
+    from batchnorm.core.kernels.triton import _set
+
+    ptxas = os.path.join(os.path.dirname(sys.modules["triton"].__file__), "backends/nvidia/bin")
+    if not os.path.isdir(ptxas):
+        pytest.skip("this triton wheel ships no NVIDIA toolchain (ptxas)")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    out = tmp_path / "compile.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "triton_compile_check.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--shapes", "32x64x56x56,4096x1024", "--dtypes",
+         "float32,bfloat16", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    kinds = {r["kernel"] for r in rows}
+    jit = _set.load_jit()
+    assert kinds == {n for n, v in vars(jit).items() if n[0] != "_" and hasattr(v, "run")}
+    for r in rows:
+        assert r.get("stack", 0) == 0, r  # no spills to local memory
+        assert r["widest_load_bytes"] >= 8, r  # vectorized global loads
 
 
 # --------------------------------------------------------------------------- CUDA only

@@ -20,8 +20,9 @@ Two layouts, as ``(outer, C, inner)`` (``_set.geometry``):
 Every reduction is split over ``S`` programs per channel (block); program ``pid`` is split
 ``pid // units`` of unit ``pid % units``. Each lane of a program keeps its own partial
 (Welford ``(count, mean, M2)`` for the statistics, plain sums for the backward); the lanes are
-merged in float64 by fixed-order tree sums (``tl.sum``) and the programs' partials, float64,
-by a second small kernel the same way: no atomics, so a result does not depend on scheduling.
+merged by fixed-order tree sums (``tl.sum``; the mean's in float64) and the programs'
+partials, stored in float64, by a second small kernel the same way in float64: no atomics, so
+a result does not depend on scheduling.
 The elementwise kernels walk the same decomposition in reverse order, so the first tiles they
 read are the last ones the reduction read (still in L2).
 
@@ -40,7 +41,7 @@ import triton.language as tl
 
 @triton.jit
 def _merge_cols(cnt, mean, m2):
-    """Merge the ``(count, mean, M2)`` partials down each column of (R, C) tiles, in float64.
+    """Merge float64 ``(count, mean, M2)`` partials down each column of (R, C) tiles.
 
     The k-way form of Chan's formula (eq. 19-22), as two fixed-order tree sums::
 
@@ -48,23 +49,30 @@ def _merge_cols(cnt, mean, m2):
 
     Every term of the second sum is non-negative: nothing cancels. Empty partials add 0.
     """
-    n_l = cnt.to(tl.float64)
-    mu_l = mean.to(tl.float64)
-    n = tl.sum(n_l, 0)  # (C,)
-    mu = tl.sum(n_l * mu_l, 0) / tl.maximum(n, 1.0)
-    dev = mu_l - mu[None, :]
-    return n, mu, tl.sum(m2.to(tl.float64) + n_l * dev * dev, 0)
+    n = tl.sum(cnt, 0)  # (C,)
+    mu = tl.sum(cnt * mean, 0) / tl.maximum(n, 1.0)
+    dev = mean - mu[None, :]
+    return n, mu, tl.sum(m2 + cnt * dev * dev, 0)
 
 
 @triton.jit
-def _merge_all(cnt, mean, m2):
-    """:func:`_merge_cols` of a 1-D run of partials into one ``(count, mean, M2)``."""
-    n_l = cnt.to(tl.float64)
-    mu_l = mean.to(tl.float64)
-    n = tl.sum(n_l, 0)
-    mu = tl.sum(n_l * mu_l, 0) / tl.maximum(n, 1.0)
-    dev = mu_l - mu
-    return n, mu, tl.sum(m2.to(tl.float64) + n_l * dev * dev, 0)
+def _lanes_cols(cnt, mean, m2):
+    """:func:`_merge_cols` of a program's float32 lane partials, (R, C) -> (C,): the mean's
+    sum in float64 (returned float64), the count and M2 in float32 (all-float64 lanes would
+    double the registers the whole kernel holds)."""
+    n = tl.sum(cnt, 0)  # (C,) float32, exact (integers below 2**24)
+    mu = tl.sum((cnt * mean).to(tl.float64), 0) / tl.maximum(n, 1.0).to(tl.float64)
+    dev = (mean.to(tl.float64) - mu[None, :]).to(tl.float32)
+    return n, mu, tl.sum(m2 + cnt * dev * dev, 0)
+
+
+@triton.jit
+def _lanes_all(cnt, mean, m2):
+    """:func:`_lanes_cols` of a 1-D run of lane partials into one ``(count, mean, M2)``."""
+    n = tl.sum(cnt, 0)
+    mu = tl.sum((cnt * mean).to(tl.float64), 0) / tl.maximum(n, 1.0).to(tl.float64)
+    dev = (mean.to(tl.float64) - mu).to(tl.float32)
+    return n, mu, tl.sum(m2 + cnt * dev * dev, 0)
 
 
 @triton.jit
@@ -219,13 +227,14 @@ def stats_planes(
         delta = d - mean
         mean += tl.where(mask, delta / tl.maximum(cnt, 1.0), 0.0)
         m2 += tl.where(mask, delta * (d - mean), 0.0)
-    L: tl.constexpr = BLOCK_N * BLOCK_I
-    cnt, mean, m2 = _merge_all(
-        tl.reshape(cnt, [L]), tl.reshape(mean, [L]), tl.reshape(m2, [L])
-    )  # () float64
+    cnt, mean, m2 = _lanes_all(
+        tl.reshape(cnt, [BLOCK_N * BLOCK_I]),
+        tl.reshape(mean, [BLOCK_N * BLOCK_I]),
+        tl.reshape(m2, [BLOCK_N * BLOCK_I]),
+    )  # () float32, float64, float32
     if FINAL:
         tl.store(mean_ptr + c, K.to(tl.float64) + mean)
-        tl.store(var_ptr + c, (m2 / cnt).to(tl.float32))
+        tl.store(var_ptr + c, (m2.to(tl.float64) / cnt.to(tl.float64)).to(tl.float32))
     else:
         tl.store(ws_ptr + s * C + c, cnt)
         tl.store(ws_ptr + (S + s) * C + c, mean)
@@ -270,10 +279,11 @@ def stats_rows(
         delta = d - mean
         mean += tl.where(mask, delta / tl.maximum(cnt, 1.0), 0.0)
         m2 += tl.where(mask, delta * (d - mean), 0.0)
-    cnt, mean, m2 = _merge_cols(cnt, mean, m2)  # (BLOCK_C,) float64
+    cnt, mean, m2 = _lanes_cols(cnt, mean, m2)  # (BLOCK_C,) float32, float64, float32
     if FINAL:
         tl.store(mean_ptr + cols, K.to(tl.float64) + mean, mask=cmask)
-        tl.store(var_ptr + cols, (m2 / tl.maximum(cnt, 1.0)).to(tl.float32), mask=cmask)
+        var = m2.to(tl.float64) / tl.maximum(cnt, 1.0).to(tl.float64)
+        tl.store(var_ptr + cols, var.to(tl.float32), mask=cmask)
     else:
         tl.store(ws_ptr + s * C + cols, cnt, mask=cmask)
         tl.store(ws_ptr + (S + s) * C + cols, mean, mask=cmask)
@@ -332,8 +342,8 @@ def sums_planes(
     FINAL: tl.constexpr,
 ):
     """Per-lane float32 sums of ``dy`` and ``dy * ((x - hi) - lo)`` over one channel's tiles
-    (eq. 9-10's sums), tree-summed per program in float64; ``ws[0..1, s, c]`` (float64), or
-    the sums with FINAL."""
+    (eq. 9-10's sums), tree-summed per program; ``ws[0..1, s, c]`` (float64), or the sums
+    with FINAL."""
     pid = tl.program_id(0)
     c = pid % C
     s = pid // C
@@ -359,8 +369,8 @@ def sums_planes(
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         a1 += dy  # masked lanes add 0
         a2 += tl.where(mask, dy * ((x - hi) - lo), 0.0)
-    r1 = tl.sum(tl.sum(a1.to(tl.float64), 1), 0)
-    r2 = tl.sum(tl.sum(a2.to(tl.float64), 1), 0)
+    r1 = tl.sum(tl.sum(a1, 1), 0)
+    r2 = tl.sum(tl.sum(a2, 1), 0)
     if FINAL:
         tl.store(s1_ptr + c, r1.to(tl.float32))
         tl.store(s2_ptr + c, r2.to(tl.float32))
@@ -406,8 +416,8 @@ def sums_rows(
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         a1 += dy
         a2 += tl.where(mask, dy * ((x - hi[None, :]) - lo[None, :]), 0.0)
-    r_1 = tl.sum(a1.to(tl.float64), 0)
-    r_2 = tl.sum(a2.to(tl.float64), 0)
+    r_1 = tl.sum(a1, 0)
+    r_2 = tl.sum(a2, 0)
     if FINAL:
         tl.store(s1_ptr + cols, r_1.to(tl.float32), mask=cmask)
         tl.store(s2_ptr + cols, r_2.to(tl.float32), mask=cmask)
@@ -443,18 +453,26 @@ def sums_final(
 
 
 @triton.jit
-def _downcast(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
-    """``v`` (float32) in the output dtype, rounded to nearest even.
+def _store_out(ptrs, v, mask, INTERPRET: tl.constexpr):
+    """Store float32 ``v`` in the output's dtype, rounded to nearest even.
 
-    Compiled, a plain conversion (the hardware rounds to nearest even). Interpreted (Triton
-    3.9's interpreter truncates float32 -> bfloat16), bfloat16 is rounded with integer ops as
-    ``c10::BFloat16`` does, NaN kept a NaN.
+    Compiled, a plain conversion (the hardware rounds to nearest even). Interpreted, masked
+    lanes are zeroed first (NumPy warns on their overflows) and bfloat16 is rounded with
+    integer ops as ``c10::BFloat16`` does, NaN kept a NaN (Triton 3.9's interpreter truncates
+    float32 to bfloat16).
     """
-    if INTERPRET and dtype == tl.bfloat16:
-        bits = tl.where(v != v, 0x7FC00000, v.to(tl.uint32, bitcast=True))
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
-        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return v.to(dtype)
+    dtype = ptrs.dtype.element_ty
+    if INTERPRET:
+        v = tl.where(mask, v, 0.0)
+        if dtype == tl.bfloat16:
+            bits = tl.where(v != v, 0x7FC00000, v.to(tl.uint32, bitcast=True))
+            bits = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+            out = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            out = v.to(dtype)
+    else:
+        out = v.to(dtype)
+    tl.store(ptrs, out, mask=mask)
 
 
 @triton.jit
@@ -508,9 +526,7 @@ def normalize_planes(
         offs = (base + n0 * row_stride + i0) + tile
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         y = ((x - hi) - lo) * scale + shift
-        if INTERPRET:  # NumPy warns on the masked lanes' overflows
-            y = tl.where(mask, y, 0.0)
-        tl.store(y_ptr + offs, _downcast(y, y_ptr.dtype.element_ty, INTERPRET), mask=mask)
+        _store_out(y_ptr + offs, y, mask, INTERPRET)
 
 
 @triton.jit
@@ -558,9 +574,7 @@ def normalize_rows(
         offs = start * C + tile
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         y = ((x - hi[None, :]) - lo[None, :]) * scale[None, :] + shift[None, :]
-        if INTERPRET:  # NumPy warns on the masked lanes' overflows
-            y = tl.where(mask, y, 0.0)
-        tl.store(y_ptr + offs, _downcast(y, y_ptr.dtype.element_ty, INTERPRET), mask=mask)
+        _store_out(y_ptr + offs, y, mask, INTERPRET)
 
 
 @triton.jit
@@ -617,9 +631,7 @@ def dx_planes(
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dx = (dy - mean_dy - ((x - hi) - lo) * proj) * k
-        if INTERPRET:
-            dx = tl.where(mask, dx, 0.0)
-        tl.store(dx_ptr + offs, _downcast(dx, dx_ptr.dtype.element_ty, INTERPRET), mask=mask)
+        _store_out(dx_ptr + offs, dx, mask, INTERPRET)
 
 
 @triton.jit
@@ -668,9 +680,7 @@ def dx_rows(
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         xmu = (x - hi[None, :]) - lo[None, :]
         dx = (dy - mean_dy[None, :] - xmu * proj[None, :]) * k[None, :]
-        if INTERPRET:
-            dx = tl.where(mask, dx, 0.0)
-        tl.store(dx_ptr + offs, _downcast(dx, dx_ptr.dtype.element_ty, INTERPRET), mask=mask)
+        _store_out(dx_ptr + offs, dx, mask, INTERPRET)
 
 
 # --------------------------------------------------------------------------- running update

@@ -343,7 +343,8 @@ class TritonSet:
         """Per-channel mean (float64, eq. 1) and biased variance (float32, eq. 2).
 
         Per-lane Welford of ``x - K`` (``K`` one sample of the channel) in float32, the lanes
-        and then the programs merged by Chan's formula in float64 (fixed-order sums): a
+        merged by Chan's formula (the mean's sum in float64) and the programs in float64,
+        all by fixed-order sums: a
         constant channel gives ``mean == K`` and ``var == 0`` exactly.
         """
         p = self.plan(x, axis)
@@ -506,7 +507,7 @@ class TritonSet:
         self, dy: Tensor, x: Tensor, axis: int, mean: Tensor
     ) -> tuple[Tensor, Tensor]:
         """``sum(dy)`` and ``sum(dy * ((x - hi) - lo))`` per channel, float32: per-lane
-        float32 sums, then float64 fixed-order sums per program and across programs."""
+        float32 sums, a fixed-order float32 tree per program, float64 across programs."""
         p = self.plan(x, axis)
         jit = self._jit or self._require()
         dy = _like(dy, x)
