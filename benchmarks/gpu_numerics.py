@@ -126,8 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{'shape':<19}{'dtype':<9}{'path':<12}{'same bits':<10}{'dw ours':>9}{'dw nat':>9}"
         f"{'db ours':>9}{'db nat':>9}{'dx ours':>9}{'dx nat':>9}{'y ours':>9}{'y nat':>9}"
     )
-    print("relative errors against float64 on the same inputs (dw, db, dx: max|err| / max|g|; "
-          "y: max|err|); bf16 dw/db target 1e-5", head, sep="\n", flush=True)  # fmt: skip
+    print(
+        "relative errors against float64 on the same inputs (dw, db, dx: max|err| / max|g|; "
+        "y: max|err|); bf16 dw/db target 1e-5",
+        head,
+        sep="\n",
+        flush=True,
+    )
     for name in a.shapes.split(","):
         layouts = (False, True) if len(SHAPES[name]) == 4 else (False,)
         for cl in layouts:
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                             "ours_y_abs",
                             "native_y_abs",
                         )
-                    ),  # fmt: skip
+                    ),
                     flush=True,
                 )
                 if device.type == "cuda":

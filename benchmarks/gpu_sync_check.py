@@ -75,9 +75,12 @@ def _checks(rank: int, world: int, device: torch.device) -> list[dict[str, Any]]
                 dist.all_reduce(dw)
                 dist.all_reduce(db)
                 y_np, cache = ref.batch_norm_forward(
-                    full.double().cpu().numpy(), sync.weight.detach().double().cpu().numpy(),
-                    sync.bias.detach().double().cpu().numpy(), sync.eps, axis=1,
-                )  # fmt: skip
+                    full.double().cpu().numpy(),
+                    sync.weight.detach().double().cpu().numpy(),
+                    sync.bias.detach().double().cpu().numpy(),
+                    sync.eps,
+                    axis=1,
+                )
                 dx_np, dw_np, db_np = ref.batch_norm_backward(dy.double().cpu().numpy(), cache)
                 sl = slice(start, start + sizes[rank])
 

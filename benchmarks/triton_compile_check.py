@@ -101,7 +101,7 @@ def record(
                     num_warps=4,
                     enable_fp_fusion=False,
                 ),
-            )  # fmt: skip
+            )
         )
     return fake.calls
 
@@ -193,14 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, args, kw in calls:
         fn = getattr(_jit, name)
         sig, consts, attrs, options = variant(fn, args, kw)
-        key = json.dumps([name, sig, sorted(consts.items()), sorted(map(str, attrs)), options],
-                         default=str)  # fmt: skip
+        key = json.dumps(
+            [name, sig, sorted(consts.items()), sorted(map(str, attrs)), options], default=str
+        )
         if key in seen:
             seen[key]["launches"] += 1
             continue
-        row: dict[str, Any] = {"kernel": name, "launches": 1, "constexprs": consts,
-                               "options": options, "types": {k: v for k, v in sig.items()
-                                                             if v != "constexpr"}}  # fmt: skip
+        row: dict[str, Any] = {
+            "kernel": name,
+            "launches": 1,
+            "constexprs": consts,
+            "options": options,
+            "types": {k: v for k, v in sig.items() if v != "constexpr"},
+        }
         try:
             src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
             k = triton.compile(src, target=target, options=options)
@@ -231,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"triton": triton.__version__, "arch": a.arch, "rows": rows}, f, indent=1,
-                      default=str)  # fmt: skip
+            json.dump(
+                {"triton": triton.__version__, "arch": a.arch, "rows": rows},
+                f,
+                indent=1,
+                default=str,
+            )
     return 1 if errors else 0
 
 

@@ -15,10 +15,19 @@ def test_default_cells_are_the_issues_shapes_in_both_layouts():
     cells = B.parse_cells(B.default_cells(), B.DEFAULT_DTYPES, B.DEFAULT_MODES)
     names = {c.name for c in cells}
     assert names == {
-        "32x64x56x56", "32x64x56x56-cl", "128x256x14x14", "128x256x14x14-cl",
-        "8x32x112x112", "8x32x112x112-cl", "64x128x56x56", "64x128x56x56-cl",
-        "256x64x112x112", "256x64x112x112-cl", "4096x1024", "65536x1024",
-    }  # fmt: skip
+        "32x64x56x56",
+        "32x64x56x56-cl",
+        "128x256x14x14",
+        "128x256x14x14-cl",
+        "8x32x112x112",
+        "8x32x112x112-cl",
+        "64x128x56x56",
+        "64x128x56x56-cl",
+        "256x64x112x112",
+        "256x64x112x112-cl",
+        "4096x1024",
+        "65536x1024",
+    }
     assert len(cells) == 12 * 2 * 2  # names x {float32, bfloat16} x {train, fwd+bwd}
     big = next(c for c in cells if c.name == "256x64x112x112-cl" and c.dtype == "bfloat16")
     assert big.channels_last and big.shape == (256, 64, 112, 112)
@@ -73,9 +82,23 @@ def test_bench_device_option_dispatches_with_cuda_defaults(capsys: pytest.Captur
     assert ns.shapes == B.default_cells() and ns.modes == B.DEFAULT_MODES
     assert ns.dtypes == B.DEFAULT_DTYPES and ns.repeat == 20
     args = parser.parse_args(
-        ["bench", "--device", "cuda", "--shapes", "4096x1024", "--modes", "eval", "--dtypes",
-         "bfloat16", "--repeat", "5", "--no-compile", "--out", "somewhere"]
-    )  # fmt: skip
+        [
+            "bench",
+            "--device",
+            "cuda",
+            "--shapes",
+            "4096x1024",
+            "--modes",
+            "eval",
+            "--dtypes",
+            "bfloat16",
+            "--repeat",
+            "5",
+            "--no-compile",
+            "--out",
+            "somewhere",
+        ]
+    )
     ns = B.from_cpu_bench(args)
     assert (ns.shapes, ns.modes, ns.dtypes, ns.repeat) == ("4096x1024", "eval", "bfloat16", 5)
     assert ns.no_compile and ns.out == "somewhere"

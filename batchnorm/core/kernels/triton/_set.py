@@ -75,6 +75,11 @@ class Plan(NamedTuple):
     k_stride: int  # stride of the channel axis: K of channel c is x[c * k_stride]
     fin_s: int  # BLOCK_S of the finalize kernels
     fin_c: int  # BLOCK_C of the finalize kernels
+    # Launch arguments, made once per plan (host time per call):
+    red_args: tuple[int, ...]  # geometry arguments of the reduction kernels
+    elt_args: tuple[int, ...]  # geometry arguments of the elementwise kernels
+    blocks: dict[str, int | bool]  # the tile constexprs
+    kw: dict[tuple[Any, ...], dict[str, Any]]  # keyword arguments per flag set, filled on use
 
 
 def _pow2(n: int) -> int:
@@ -123,6 +128,16 @@ def make_plan(geo: tuple[int, int, int], tuning: Tuning, sm_count: int) -> Plan:
     splits = _cdiv(tiles, tps)  # no empty split
     fin_s = _pow2(splits)
     fin_c = max(1, min(_pow2(C), t.final_tile // fin_s))
+    even_i = planes and inner % block_b == 0
+    programs = units * splits
+    if planes:
+        red_args: tuple[int, ...] = (outer, C, inner, it, tps, tiles, splits)
+        elt_args: tuple[int, ...] = (outer, C, inner, it, tps, tiles, programs)
+        blocks: dict[str, int | bool] = {"BLOCK_N": block_a, "BLOCK_I": block_b, "EVEN_I": even_i}
+    else:
+        tps *= block_a  # rows per split
+        red_args, elt_args = (outer, C, tps, splits), (outer, C, tps, programs)
+        blocks = {"BLOCK_M": block_a, "BLOCK_C": block_b}
     return Plan(
         planes=planes,
         outer=outer,
@@ -130,15 +145,19 @@ def make_plan(geo: tuple[int, int, int], tuning: Tuning, sm_count: int) -> Plan:
         inner=inner,
         block_a=block_a,
         block_b=block_b,
-        even_i=planes and inner % block_b == 0,
+        even_i=even_i,
         it=it,
         tiles=tiles,
-        tps=tps if planes else tps * block_a,
+        tps=tps,
         splits=splits,
-        programs=units * splits,
+        programs=programs,
         k_stride=inner,  # planes: x[0, c, 0] = x[c * inner]; rows: x[0, c] = x[c]
         fin_s=fin_s,
         fin_c=fin_c,
+        red_args=red_args,
+        elt_args=elt_args,
+        blocks=blocks,
+        kw={},
     )
 
 
@@ -218,7 +237,22 @@ def load_error() -> str | None:
 def _f32(v: float) -> float:
     """``v`` rounded to float32, as torch rounds a Python scalar combined with a float32
     tensor (and as the kernels receive it: exactly)."""
-    return float(np.float32(v))
+    r = _F32_CACHE.get(v)
+    if r is None:
+        if len(_F32_CACHE) > 1024:
+            _F32_CACHE.clear()
+        r = _F32_CACHE[v] = float(np.float32(v))
+    return r
+
+
+_F32_CACHE: dict[float, float] = {}
+
+
+def _count_scalars(count: int) -> tuple[float, float]:
+    """``(m, 1 / m)`` as float32 values: the count as torch converts it, and the reciprocal
+    torch on CUDA multiplies by to divide by it (computed in float32)."""
+    one = np.float32(1.0)
+    return _f32(count), (float(one / np.float32(count)) if count > 0 else 0.0)
 
 
 def _vec(v: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -337,6 +371,28 @@ class TritonSet:
             n = self._sm[index] = torch.cuda.get_device_properties(index).multi_processor_count
         return n
 
+    def _kw(self, p: Plan, kind: str, *flags: bool) -> dict[str, Any]:
+        """The keyword arguments (constexprs, launch options) of one kernel kind and flag set
+        for plan ``p``, made on first use and kept in the plan."""
+        key = (kind, *flags)
+        kw = p.kw.get(key)
+        if kw is None:
+            t = self.tuning
+            if kind == "red":
+                kw = {**p.blocks, "FINAL": flags[0], "num_warps": t.reduce_warps}
+            elif kind == "fin":
+                kw = {"BLOCK_S": p.fin_s, "BLOCK_C": p.fin_c, "num_warps": 4}
+            else:
+                names = ("STATS", "HAS_W", "HAS_B") if kind == "norm" else ("STATS", "HAS_W")
+                kw = {**p.blocks, **dict(zip(names, flags)), "INTERPRET": self.interpret}
+                if kind == "dx":
+                    kw["RCP"] = self.rcp
+                kw.update(num_warps=t.elemt_warps, enable_fp_fusion=False)
+            if kind in ("red", "fin"):
+                kw["enable_fp_fusion"] = True  # explicit: Triton 3.9 warns when it is left unset
+            p.kw[key] = kw
+        return kw
+
     # ----------------------------------------------------------------- statistics
 
     def stats(self, x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
@@ -353,53 +409,11 @@ class TritonSet:
         var = torch.empty(p.C, dtype=_F32, device=x.device)
         final = p.splits == 1
         ws = mean if final else torch.empty(3 * p.splits * p.C, dtype=_F64, device=x.device)
-        warps = self.tuning.reduce_warps
-        if p.planes:
-            jit.stats_planes[(p.programs,)](
-                x,
-                ws,
-                mean,
-                var,
-                p.outer,
-                p.C,
-                p.inner,
-                p.it,
-                p.tps,
-                p.tiles,
-                p.splits,
-                BLOCK_N=p.block_a,
-                BLOCK_I=p.block_b,
-                EVEN_I=p.even_i,
-                FINAL=final,
-                num_warps=warps,
-            )
-        else:
-            jit.stats_rows[(p.programs,)](
-                x,
-                ws,
-                mean,
-                var,
-                p.outer,
-                p.C,
-                p.tps,
-                p.splits,
-                BLOCK_M=p.block_a,
-                BLOCK_C=p.block_b,
-                FINAL=final,
-                num_warps=warps,
-            )
+        kernel = jit.stats_planes if p.planes else jit.stats_rows
+        kernel[(p.programs,)](x, ws, mean, var, *p.red_args, **self._kw(p, "red", final))
         if not final:
             jit.stats_final[(_cdiv(p.C, p.fin_c),)](
-                ws,
-                x,
-                mean,
-                var,
-                p.C,
-                p.splits,
-                p.k_stride,
-                BLOCK_S=p.fin_s,
-                BLOCK_C=p.fin_c,
-                num_warps=4,
+                ws, x, mean, var, p.C, p.splits, p.k_stride, **self._kw(p, "fin")
             )
         return mean, var
 
@@ -417,54 +431,23 @@ class TritonSet:
         stats: bool,
     ) -> tuple[Tensor, Tensor | None]:
         p = self.plan(x, axis)
+        jit = self._jit or self._require()
         y = torch.empty_like(x)
-        inv = torch.empty(p.C, dtype=_F32, device=x.device) if stats else None
-        dummy = mean
-        args = (
+        inv = torch.empty(p.C, dtype=_F32, device=x.device) if stats else mean
+        kernel = jit.normalize_planes if p.planes else jit.normalize_rows
+        kernel[(p.programs,)](
             x,
             y,
             mean,
             a,
-            b if b is not None else dummy,
-            w if w is not None else dummy,
-            inv if inv is not None else dummy,
+            mean if b is None else b,
+            mean if w is None else w,
+            inv,
             eps,
+            *p.elt_args,
+            **self._kw(p, "norm", stats, w is not None, b is not None),
         )
-        flags = dict(
-            STATS=stats,
-            HAS_W=w is not None,
-            HAS_B=b is not None,
-            INTERPRET=self.interpret,
-            num_warps=self.tuning.elemt_warps,
-            enable_fp_fusion=False,
-        )
-        if p.planes:
-            (self._jit or self._require()).normalize_planes[(p.programs,)](
-                *args,
-                p.outer,
-                p.C,
-                p.inner,
-                p.it,
-                p.tps,
-                p.tiles,
-                p.programs,
-                BLOCK_N=p.block_a,
-                BLOCK_I=p.block_b,
-                EVEN_I=p.even_i,
-                **flags,
-            )
-        else:
-            (self._jit or self._require()).normalize_rows[(p.programs,)](
-                *args,
-                p.outer,
-                p.C,
-                p.tps,
-                p.programs,
-                BLOCK_M=p.block_a,
-                BLOCK_C=p.block_b,
-                **flags,
-            )
-        return y, inv
+        return y, (inv if stats else None)
 
     def normalize(self, x: Tensor, axis: int, mean: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
         """``y = ((x - hi) - lo) * scale + shift`` per channel (eq. 3-4), in x's dtype and
@@ -516,49 +499,10 @@ class TritonSet:
         s2 = torch.empty(p.C, dtype=_F32, device=x.device)
         final = p.splits == 1
         ws = mean if final else torch.empty(2 * p.splits * p.C, dtype=_F64, device=x.device)
-        warps = self.tuning.reduce_warps
-        if p.planes:
-            jit.sums_planes[(p.programs,)](
-                dy,
-                x,
-                mean,
-                ws,
-                s1,
-                s2,
-                p.outer,
-                p.C,
-                p.inner,
-                p.it,
-                p.tps,
-                p.tiles,
-                p.splits,
-                BLOCK_N=p.block_a,
-                BLOCK_I=p.block_b,
-                EVEN_I=p.even_i,
-                FINAL=final,
-                num_warps=warps,
-            )
-        else:
-            jit.sums_rows[(p.programs,)](
-                dy,
-                x,
-                mean,
-                ws,
-                s1,
-                s2,
-                p.outer,
-                p.C,
-                p.tps,
-                p.splits,
-                BLOCK_M=p.block_a,
-                BLOCK_C=p.block_b,
-                FINAL=final,
-                num_warps=warps,
-            )
+        kernel = jit.sums_planes if p.planes else jit.sums_rows
+        kernel[(p.programs,)](dy, x, mean, ws, s1, s2, *p.red_args, **self._kw(p, "red", final))
         if not final:
-            jit.sums_final[(_cdiv(p.C, p.fin_c),)](
-                ws, s1, s2, p.C, p.splits, BLOCK_S=p.fin_s, BLOCK_C=p.fin_c, num_warps=4
-            )
+            jit.sums_final[(_cdiv(p.C, p.fin_c),)](ws, s1, s2, p.C, p.splits, **self._kw(p, "fin"))
         return s1, s2
 
     def _dx(
@@ -578,43 +522,22 @@ class TritonSet:
         jit = self._jit or self._require()
         dy = _like(dy, x)
         dx = torch.empty_like(x)
-        cnt = _f32(count)
-        rcp = float(np.float32(1.0) / np.float32(count)) if count > 0 else 0.0
-        args = (dy, x, dx, mean, a, b, c, w if w is not None else mean, cnt, rcp)
-        flags = dict(
-            STATS=stats,
-            HAS_W=w is not None,
-            RCP=self.rcp,
-            INTERPRET=self.interpret,
-            num_warps=self.tuning.elemt_warps,
-            enable_fp_fusion=False,
+        cnt, rcp = _count_scalars(count)
+        kernel = jit.dx_planes if p.planes else jit.dx_rows
+        kernel[(p.programs,)](
+            dy,
+            x,
+            dx,
+            mean,
+            a,
+            b,
+            c,
+            mean if w is None else w,
+            cnt,
+            rcp,
+            *p.elt_args,
+            **self._kw(p, "dx", stats, w is not None),
         )
-        if p.planes:
-            jit.dx_planes[(p.programs,)](
-                *args,
-                p.outer,
-                p.C,
-                p.inner,
-                p.it,
-                p.tps,
-                p.tiles,
-                p.programs,
-                BLOCK_N=p.block_a,
-                BLOCK_I=p.block_b,
-                EVEN_I=p.even_i,
-                **flags,
-            )
-        else:
-            jit.dx_rows[(p.programs,)](
-                *args,
-                p.outer,
-                p.C,
-                p.tps,
-                p.programs,
-                BLOCK_M=p.block_a,
-                BLOCK_C=p.block_b,
-                **flags,
-            )
         return dx
 
     def backward_elemt(
