@@ -3,13 +3,12 @@ native torch-op kernels and torch.nn: in Triton's interpreter on CPU tensors (pa
 test command), and compiled on CUDA where a GPU is present (marked ``gpu``).
 
 Triton decides once per process, when it is first imported, whether ``@triton.jit`` compiles
-or interprets. This module asks for the interpreter by setting ``TRITON_INTERPRET=1`` before
-anything imports triton, unless the caller chose: ``TRITON_INTERPRET=0 pytest -m gpu
-tests/test_definedtriton.py`` runs the compiled kernels on CUDA (``benchmarks/gpu_check.sh``
-does), and the CPU half then skips. The variable stays set for the process (Triton reads it
-again at its first launch); nothing else in the suite uses triton. The interpreter runs each
-program in NumPy, about 0.1 s per launch here, so the shapes are small and odd, and a tuning
-of small tiles makes them take several programs per channel and several tiles per program.
+or interprets; tests/conftest.py asks for the interpreter (``TRITON_INTERPRET=1``) before any
+test module is imported, unless the caller chose: ``TRITON_INTERPRET=0 pytest -m gpu
+tests/test_kernels_triton.py`` runs the compiled kernels on CUDA (``benchmarks/gpu_check.sh``
+does), and the CPU half then skips. The interpreter runs each program in NumPy, about 0.1 s
+per launch here, so the shapes are small and odd, and a tuning of small tiles makes them take
+several programs per channel and several tiles per program.
 
 The set takes float32, bfloat16 and float16 (float64 is declined: the native set runs it, and
 ``gradcheck`` in float64 covers that path in test_functional.py); its gradients are checked
@@ -22,12 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-if "triton" not in sys.modules:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[gpu]')")
 

@@ -490,7 +490,12 @@ def run(args: argparse.Namespace) -> int:
         print(*out_lines, HEADER, sep="\n", flush=True)
         out_lines.append(HEADER)
         for cell in cells:
-            row = measure(cell, impls, args.repeat, args.warmup, flush, args.wall_calls, device)
+            try:
+                row = measure(cell, impls, args.repeat, args.warmup, flush, args.wall_calls, device)
+            except Exception as e:  # out of memory, say: report the cell and go on
+                row = {"shape": cell.name, "dtype": cell.dtype, "mode": cell.mode}
+                row["errors"] = {"cell": f"{type(e).__name__}: {e}"[:300]}
+            torch.cuda.empty_cache()
             rows.append(row)
             line = format_row(row)
             out_lines.append(line)

@@ -314,7 +314,7 @@ class TritonSet:
         if not self.loaded():
             raise RuntimeError(
                 f"the Triton kernels cannot run on {self.device_type!r} in this process "
-                f"({load_error() or 'interpreted' if interpreted() else 'compiled'}): call "
+                f"({load_error() or ('interpreted' if interpreted() else 'compiled')}): call "
                 "supports() first and use the native set where it is False"
             )
         return self._jit
@@ -399,9 +399,8 @@ class TritonSet:
         """Per-channel mean (float64, eq. 1) and biased variance (float32, eq. 2).
 
         Per-lane Welford of ``x - K`` (``K`` one sample of the channel) in float32, the lanes
-        merged by Chan's formula (the mean's sum in float64) and the programs in float64,
-        all by fixed-order sums: a
-        constant channel gives ``mean == K`` and ``var == 0`` exactly.
+        merged by Chan's formula (the mean's sum in float64) and the programs in float64, all
+        by fixed-order sums: a constant channel gives ``mean == K`` and ``var == 0`` exactly.
         """
         p = self.plan(x, axis)
         jit = self._jit or self._require()
