@@ -426,6 +426,8 @@ def test_plans_cover_the_tensor():
             assert p.programs == C * p.splits
             if inner >= 64:
                 assert inner / (p.it * p.block_b) > 0.74
+            vec = p.blocks["VEC"]  # runs start at multiples of VEC: the compiler's hint
+            assert inner % vec == 0 and p.block_b % vec == 0 and (vec >= 4 or inner % 4 != 0)
         else:
             assert p.tps * (p.splits - 1) < outer <= p.tps * p.splits
             assert p.tps % p.block_a == 0

@@ -12,7 +12,9 @@ Two layouts, as ``(outer, C, inner)`` (``_set.geometry``):
 - *planes* (``inner > 1``, contiguous NC*): channel ``c`` is ``outer`` runs of ``inner``
   contiguous values at ``n * C * inner + c * inner``. A program owns one channel and a range
   of ``(BLOCK_N, BLOCK_I)`` tiles of its ``(outer, inner)`` matrix (tile ``t`` is rows
-  ``t // IT`` and columns ``t % IT`` of the tile grid).
+  ``t // IT`` and columns ``t % IT`` of the tile grid). ``VEC``, the largest power of two
+  up to 16 dividing ``inner``, tells the compiler that runs start aligned (16-byte loads for
+  14x14 = 196 = 4 x 49 too).
 - *rows* (``inner == 1``: channels-last, 2-D, Keras ``axis=-1``): ``M`` rows of ``C``
   channels. A program owns ``BLOCK_C`` channels and a range of ``RPS`` rows, read as
   ``(BLOCK_M, BLOCK_C)`` tiles.
@@ -190,6 +192,7 @@ def stats_planes(
     BLOCK_N: tl.constexpr,
     BLOCK_I: tl.constexpr,
     EVEN_I: tl.constexpr,
+    VEC: tl.constexpr,
     FINAL: tl.constexpr,
 ):
     """Per-lane Welford of ``d = x - K`` over one channel's tiles ``[s * TPS, (s+1) * TPS)``;
@@ -204,7 +207,7 @@ def stats_planes(
     K = tl.load(x_ptr + base).to(tl.float32)
     rn = tl.arange(0, BLOCK_N)
     ri = tl.arange(0, BLOCK_I)
-    row_stride = C * inner
+    row_stride = tl.multiple_of(C * inner, VEC)  # VEC divides inner: vector loads
     tile = rn[:, None] * row_stride + ri[None, :]  # (BLOCK_N, BLOCK_I) offsets in a tile
     cnt = tl.zeros([BLOCK_N, BLOCK_I], dtype=tl.float32)
     mean = tl.zeros([BLOCK_N, BLOCK_I], dtype=tl.float32)
@@ -219,8 +222,9 @@ def stats_planes(
         if EVEN_I:  # inner is a multiple of BLOCK_I: only the rows need a mask
             mask = (rn < N - n0)[:, None] & (ri < BLOCK_I)[None, :]
         else:
-            mask = (rn < N - n0)[:, None] & (ri < inner - i0)[None, :]
-        x = tl.load(x_ptr + (base + n0 * row_stride + i0) + tile, mask=mask, other=0.0)
+            mask = (rn < N - n0)[:, None] & (ri < tl.multiple_of(inner - i0, VEC))[None, :]
+        start = tl.multiple_of(base + n0 * row_stride + i0, VEC)
+        x = tl.load(x_ptr + start + tile, mask=mask, other=0.0)
         # Welford per lane on d = x - K; masked lanes keep their partial.
         d = x.to(tl.float32) - K
         cnt += mask.to(tl.float32)
@@ -339,6 +343,7 @@ def sums_planes(
     BLOCK_N: tl.constexpr,
     BLOCK_I: tl.constexpr,
     EVEN_I: tl.constexpr,
+    VEC: tl.constexpr,
     FINAL: tl.constexpr,
 ):
     """Per-lane float32 sums of ``dy`` and ``dy * ((x - hi) - lo)`` over one channel's tiles
@@ -351,7 +356,7 @@ def sums_planes(
     hi, lo = _split_mean(mean_ptr, c, c < C)
     rn = tl.arange(0, BLOCK_N)
     ri = tl.arange(0, BLOCK_I)
-    row_stride = C * inner
+    row_stride = tl.multiple_of(C * inner, VEC)  # VEC divides inner: vector loads
     tile = rn[:, None] * row_stride + ri[None, :]
     a1 = tl.zeros([BLOCK_N, BLOCK_I], dtype=tl.float32)
     a2 = tl.zeros([BLOCK_N, BLOCK_I], dtype=tl.float32)
@@ -363,8 +368,8 @@ def sums_planes(
         if EVEN_I:
             mask = (rn < N - n0)[:, None] & (ri < BLOCK_I)[None, :]
         else:
-            mask = (rn < N - n0)[:, None] & (ri < inner - i0)[None, :]
-        offs = (base + n0 * row_stride + i0) + tile
+            mask = (rn < N - n0)[:, None] & (ri < tl.multiple_of(inner - i0, VEC))[None, :]
+        offs = tl.multiple_of(base + n0 * row_stride + i0, VEC) + tile
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         a1 += dy  # masked lanes add 0
@@ -495,6 +500,7 @@ def normalize_planes(
     BLOCK_N: tl.constexpr,
     BLOCK_I: tl.constexpr,
     EVEN_I: tl.constexpr,
+    VEC: tl.constexpr,
     STATS: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
@@ -511,7 +517,7 @@ def normalize_planes(
     )  # the first split stores inv_std
     rn = tl.arange(0, BLOCK_N)
     ri = tl.arange(0, BLOCK_I)
-    row_stride = C * inner
+    row_stride = tl.multiple_of(C * inner, VEC)  # VEC divides inner: vector loads
     tile = rn[:, None] * row_stride + ri[None, :]
     t0 = s * TPS
     t1 = tl.minimum(t0 + TPS, T)
@@ -522,8 +528,8 @@ def normalize_planes(
         if EVEN_I:
             mask = (rn < N - n0)[:, None] & (ri < BLOCK_I)[None, :]
         else:
-            mask = (rn < N - n0)[:, None] & (ri < inner - i0)[None, :]
-        offs = (base + n0 * row_stride + i0) + tile
+            mask = (rn < N - n0)[:, None] & (ri < tl.multiple_of(inner - i0, VEC))[None, :]
+        offs = tl.multiple_of(base + n0 * row_stride + i0, VEC) + tile
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         y = ((x - hi) - lo) * scale + shift
         _store_out(y_ptr + offs, y, mask, INTERPRET)
@@ -599,6 +605,7 @@ def dx_planes(
     BLOCK_N: tl.constexpr,
     BLOCK_I: tl.constexpr,
     EVEN_I: tl.constexpr,
+    VEC: tl.constexpr,
     STATS: tl.constexpr,
     HAS_W: tl.constexpr,
     RCP: tl.constexpr,
@@ -615,7 +622,7 @@ def dx_planes(
     )
     rn = tl.arange(0, BLOCK_N)
     ri = tl.arange(0, BLOCK_I)
-    row_stride = C * inner
+    row_stride = tl.multiple_of(C * inner, VEC)  # VEC divides inner: vector loads
     tile = rn[:, None] * row_stride + ri[None, :]
     t0 = s * TPS
     t1 = tl.minimum(t0 + TPS, T)
@@ -626,8 +633,8 @@ def dx_planes(
         if EVEN_I:
             mask = (rn < N - n0)[:, None] & (ri < BLOCK_I)[None, :]
         else:
-            mask = (rn < N - n0)[:, None] & (ri < inner - i0)[None, :]
-        offs = (base + n0 * row_stride + i0) + tile
+            mask = (rn < N - n0)[:, None] & (ri < tl.multiple_of(inner - i0, VEC))[None, :]
+        offs = tl.multiple_of(base + n0 * row_stride + i0, VEC) + tile
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dx = (dy - mean_dy - ((x - hi) - lo) * proj) * k

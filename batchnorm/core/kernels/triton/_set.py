@@ -133,7 +133,13 @@ def make_plan(geo: tuple[int, int, int], tuning: Tuning, sm_count: int) -> Plan:
     if planes:
         red_args: tuple[int, ...] = (outer, C, inner, it, tps, tiles, splits)
         elt_args: tuple[int, ...] = (outer, C, inner, it, tps, tiles, programs)
-        blocks: dict[str, int | bool] = {"BLOCK_N": block_a, "BLOCK_I": block_b, "EVEN_I": even_i}
+        vec = min(inner & -inner, 16, block_b)  # the largest power of two dividing inner
+        blocks: dict[str, int | bool] = {
+            "BLOCK_N": block_a,
+            "BLOCK_I": block_b,
+            "EVEN_I": even_i,
+            "VEC": vec,
+        }
     else:
         tps *= block_a  # rows per split
         red_args, elt_args = (outer, C, tps, splits), (outer, C, tps, programs)
