@@ -122,11 +122,12 @@ step tests 200 "$OUT_DIR/tests.log" "$PY" -m pytest -q -m gpu -p no:cacheprovide
   -rs tests/test_kernels_triton.py
 
 # 5. SyncBatchNorm over NCCL in 2 processes; with one GPU NCCL refuses two ranks on it (exit
-# code 3): then the same check over gloo on CUDA tensors.
+# code 3, "Duplicate GPU detected"): then the same check over gloo on CUDA tensors.
 SYNC_TMP=$(mktemp -d)
-step sync-nccl 120 "$OUT_DIR/sync.log" "$PY" benchmarks/gpu_sync_check.py --backend nccl \
-  --device cuda --world 2 --out "$SYNC_TMP" --timeout 100
-if [ $? -eq 3 ]; then
+NCCL_DEBUG=${NCCL_DEBUG:-WARN} step sync-nccl 120 "$OUT_DIR/sync.log" "$PY" \
+  benchmarks/gpu_sync_check.py --backend nccl --device cuda --world 2 --out "$SYNC_TMP" \
+  --timeout 100
+if [ $? -ne 0 ]; then # refused (exit code 3), or failed otherwise: the same layer over gloo
   step sync-gloo-cuda 120 "$OUT_DIR/sync.log" "$PY" benchmarks/gpu_sync_check.py \
     --backend gloo --device cuda --world 2 --out "$SYNC_TMP" --timeout 100
 fi

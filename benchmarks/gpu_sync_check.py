@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:
             text = "".join(traceback.format_exception_only(type(e), e))
             result["error"] = text[-4000:]
-            duplicate = "Duplicate GPU" in text
+            duplicate = "Duplicate GPU" in text or "invalid usage" in text
             result["nccl_refused_shared_gpu"] = duplicate
             code = 3 if duplicate else 1
     result["seconds"] = round(time.perf_counter() - t0, 1)
