@@ -26,6 +26,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev,experiments]"
   # triton (the [gpu] extra): the tests run the CUDA kernels in its interpreter on CPU; where no
   # wheel exists for this platform those tests skip and CUDA uses torch's ops.
+  echo "[setup] installing triton ([gpu])" >&2
   "$VPY" -m pip install -q --disable-pip-version-check -e ".[gpu]" >&2 \
     || echo "[setup] triton not installed: the Triton kernel tests will skip" >&2
   # Compile the fast CPU kernels once (cached per machine); without a compiler the package
