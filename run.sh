@@ -5,7 +5,7 @@
 #   bash run.sh <any batchnorm subcommand> [ARGS]
 # Set-up (idempotent): a virtual environment in .venv, the CPU build of torch if no torch is
 # there (a bare `torch` requirement could pull a multi-GB CUDA build), then this package
-# with its [dev,experiments] extras in editable mode.
+# with its [dev,experiments] extras in editable mode, and triton ([gpu]) where it installs.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -24,6 +24,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   echo "[setup] installing batchnorm[dev,experiments]" >&2
   "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev,experiments]"
+  # triton (the [gpu] extra): the tests run the CUDA kernels in its interpreter on CPU; where no
+  # wheel exists for this platform those tests skip and CUDA uses torch's ops.
+  echo "[setup] installing triton ([gpu])" >&2
+  "$VPY" -m pip install -q --disable-pip-version-check -e ".[gpu]" >&2 \
+    || echo "[setup] triton not installed: the Triton kernel tests will skip" >&2
   # Compile the fast CPU kernels once (cached per machine); without a compiler the package
   # falls back to torch ops, so this step never fails the set-up.
   "$VENV/bin/batchnorm" build-kernels >&2 || echo "[setup] fast CPU kernels not built: torch-op fallback" >&2

@@ -83,6 +83,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="summary of the timed runs; min shows the machine without other load",
     )
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    # --device cuda: the GPU bench (bench_cuda.py, its own options in the group below).
+    from . import bench_cuda
+
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cpu: this bench; cuda: torch native, torch.compile and ours on the GPU against "
+        "its copy floor (batchnorm/cli/bench_cuda.py)",
+    )
+    bench_cuda.add_device_arguments(parser.add_argument_group("--device cuda"))
 
 
 # --------------------------------------------------------------------------- one cell
@@ -267,6 +278,10 @@ def _child_args(args: argparse.Namespace, allocator: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.device == "cuda":  # the GPU bench: batchnorm/cli/bench_cuda.py
+        from . import bench_cuda
+
+        return bench_cuda.run(bench_cuda.from_cpu_bench(args))
     if args.quick:
         args.repeat, args.warmup, args.no_cold_start = 7, 1, True
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]

@@ -156,6 +156,14 @@ register(
     ),
 )
 
+# The Triton set for CUDA (triton/, the [gpu] extra): registered where triton is installed;
+# triton itself is imported on the first CUDA call, and supports() declines what it cannot run.
+from . import triton as _triton  # noqa: E402
+
+_cuda_set = _triton.default_cuda_set()
+if _cuda_set is not None:
+    register("cuda", _cuda_set)
+
 __all__ = [
     "NATIVE",
     "Kernels",
