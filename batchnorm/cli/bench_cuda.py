@@ -356,8 +356,8 @@ def _prepare(
 
 
 def _time_events(fn: Callable[[], object], flush: torch.Tensor) -> float:
-    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
     flush.zero_()  # evict the L2
     start.record()
     fn()
@@ -446,7 +446,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "l2_mib": round(getattr(props, "L2_cache_size", 0) / 2**20, 1),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),  # type: ignore[no-untyped-call]
+        "cudnn": torch.backends.cudnn.version(),
         "python": platform.python_version(),
     }
     try:

@@ -186,7 +186,7 @@ def graph_mode(*tensors: Tensor | None) -> str | None:
       them) or forward-mode AD (``torch.autograd.forward_ad``);
     - None: plain eager mode or ``torch.compile``, which sees the kernel ops themselves.
     """
-    if torch.jit.is_tracing():
+    if kernels.jit_tracing():
         return "jit"
     if torch.compiler.is_exporting():
         return "export"
@@ -211,11 +211,11 @@ def _untraced(mode: str | None) -> Iterator[None]:
         yield
         return
     state = torch._C._get_tracing_state()
-    torch._C._set_tracing_state(None)
+    torch._C._set_tracing_state(None)  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        torch._C._set_tracing_state(state)
+        torch._C._set_tracing_state(state)  # type: ignore[attr-defined]
 
 
 def _graph_batch_norm(

@@ -187,8 +187,15 @@ class _ScriptableFrozenBatchNorm(nn.Module):
             self.register_buffer(name, getattr(frozen, name))
 
     def forward(self, input: Tensor) -> Tensor:
-        return torch.nn.functional.batch_norm(
-            input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        return torch.nn.functional.batch_norm(  # buffers, typed Tensor | Module by nn.Module
+            input,
+            self.running_mean,  # type: ignore[arg-type]
+            self.running_var,  # type: ignore[arg-type]
+            self.weight,  # type: ignore[arg-type]
+            self.bias,  # type: ignore[arg-type]
+            False,
+            0.0,
+            self.eps,
         )
 
 

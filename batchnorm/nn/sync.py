@@ -73,7 +73,7 @@ class _Synchronized:
                 axis = getattr(self, "axis", 1) % max(input.ndim, 1)
                 check_agreement(sync, input, axis)
                 self._agreed_on = sync.group
-        return super().forward(input, mask)  # type: ignore[misc, no-any-return]
+        return super().forward(input, mask)  # type: ignore[misc]
 
 
 class SyncBatchNorm(_Synchronized, BatchNorm):

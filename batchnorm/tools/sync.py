@@ -99,7 +99,8 @@ def convert_sync_batchnorm(
             group = (
                 process_group if process_group is not None else getattr(m, "process_group", None)
             )
-            sync = _swap(m, SyncBatchNorm(**_hyper(m), process_group=group))
+            sync = SyncBatchNorm(**_hyper(m), process_group=group)
+            _swap(m, sync)
             sync.label = name or type(m).__name__  # what its errors call it
             # Remember the class to go back to (torch's SyncBatchNorm reverts to our BatchNorm).
             sync._local_type = type(m) if type(m) in _LOCAL_TYPES else BatchNorm  # type: ignore[assignment]

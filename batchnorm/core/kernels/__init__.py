@@ -38,7 +38,7 @@ import torch
 
 from .. import running
 from . import _native
-from ._eager import plain_eager
+from ._eager import jit_tracing, plain_eager
 
 Tensor = torch.Tensor
 StatsFn = Callable[[Tensor, int], tuple[Tensor, Tensor]]
@@ -170,6 +170,7 @@ __all__ = [
     "enabled",
     "for_buffers",
     "get",
+    "jit_tracing",
     "plain_eager",
     "register",
     "set_enabled",

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["plain_eager"]
+__all__ = ["jit_tracing", "plain_eager"]
+
+
+def jit_tracing() -> bool:
+    """True under ``torch.jit.trace`` (and the TorchScript ONNX exporter, which traces)."""
+    return torch._C._get_tracing_state() is not None
 
 
 def plain_eager(x: torch.Tensor) -> bool:
@@ -13,7 +18,7 @@ def plain_eager(x: torch.Tensor) -> bool:
     Fake/Functional/a subclass)."""
     return (
         not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
+        and not jit_tracing()
         and type(x) is torch.Tensor
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()

@@ -92,7 +92,10 @@ def normalize(
     every digit of a channel whose |mean| is much larger than its std (§9 of docs/math.md).
     """
     acc = acc_dtype(x.dtype)
-    pc = lambda v: per_channel(v.to(acc), x.ndim, axis)  # noqa: E731
+
+    def pc(v: torch.Tensor) -> torch.Tensor:
+        return per_channel(v.to(acc), x.ndim, axis)
+
     return torch.addcmul(pc(shift), center(x, axis, mean), pc(scale)).to(x.dtype)
 
 
@@ -117,7 +120,10 @@ def backward_elemt(
 ) -> torch.Tensor:
     """``dx = k * (dy - mean_dy - (x - mean) * proj)`` per channel (eq. 12), in x's dtype."""
     acc = acc_dtype(x.dtype)
-    pc = lambda v: per_channel(v.to(acc), x.ndim, axis)  # noqa: E731
+
+    def pc(v: torch.Tensor) -> torch.Tensor:
+        return per_channel(v.to(acc), x.ndim, axis)
+
     dx = (dy.to(acc) - pc(mean_dy) - center(x, axis, mean) * pc(proj)) * pc(k)
     return dx.to(x.dtype)
 
