@@ -179,38 +179,32 @@ def _vec(x: Tensor, axis: int, dtype: torch.dtype) -> Tensor:
 def _register_fakes() -> None:
     """Shapes, dtypes and layouts of every op's outputs, for fake tensors (torch.compile,
     torch.export, opcheck), symbolic sizes included."""
-    fake: Any = torch.library.register_fake  # untyped decorator factory
+    fake: Any = torch.library.register_fake
 
-    @fake("batchnorm::stats")
-    def _(x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+    def _stats_fake(x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
         return _vec(x, axis, torch.float64), _vec(x, axis, _acc(x))
 
-    @fake("batchnorm::normalize")
-    def _(x: Tensor, axis: int, mean: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    def _normalize_fake(x: Tensor, axis: int, mean: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
         return _out_like(x, axis)
 
-    @fake("batchnorm::backward_reduce")
-    def _(dy: Tensor, x: Tensor, axis: int, mean: Tensor) -> tuple[Tensor, Tensor]:
+    def _backward_reduce_fake(
+        dy: Tensor, x: Tensor, axis: int, mean: Tensor
+    ) -> tuple[Tensor, Tensor]:
         return _vec(x, axis, _acc(x)), _vec(x, axis, _acc(x))
 
-    @fake("batchnorm::backward_elemt")
-    def _(dy: Tensor, x: Tensor, axis: int, *vectors: Tensor) -> Tensor:
+    def _backward_elemt_fake(dy: Tensor, x: Tensor, axis: int, *vectors: Tensor) -> Tensor:
         return _out_like(x, axis)
 
-    @fake("batchnorm::normalize_stats")
-    def _(x: Tensor, axis: int, *rest: Any) -> tuple[Tensor, Tensor]:
+    def _normalize_stats_fake(x: Tensor, axis: int, *rest: Any) -> tuple[Tensor, Tensor]:
         return _out_like(x, axis), _vec(x, axis, _acc(x))
 
-    @fake("batchnorm::backward_elemt_stats")
-    def _(dy: Tensor, x: Tensor, axis: int, *rest: Any) -> Tensor:
+    def _backward_elemt_stats_fake(dy: Tensor, x: Tensor, axis: int, *rest: Any) -> Tensor:
         return _out_like(x, axis)
 
-    @fake("batchnorm::running_update")
-    def _(*args: Any) -> None:
+    def _running_update_fake(*args: Any) -> None:
         return None
 
-    @fake("batchnorm::train")
-    def _(
+    def _train_fake(
         x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         acc = _acc(x)
@@ -221,8 +215,7 @@ def _register_fakes() -> None:
             _vec(x, axis, acc),
         )
 
-    @fake("batchnorm::train_backward")
-    def _(
+    def _train_backward_fake(
         dy: Tensor,
         x: Tensor,
         weight: Tensor | None,
@@ -237,6 +230,16 @@ def _register_fakes() -> None:
         if output_mask[2]:
             db = (weight if weight is not None else dy).new_empty(x.shape[axis])
         return (_out_like(x, axis) if output_mask[0] else None), dw, db
+
+    fake("batchnorm::stats", _stats_fake)
+    fake("batchnorm::normalize", _normalize_fake)
+    fake("batchnorm::backward_reduce", _backward_reduce_fake)
+    fake("batchnorm::backward_elemt", _backward_elemt_fake)
+    fake("batchnorm::normalize_stats", _normalize_stats_fake)
+    fake("batchnorm::backward_elemt_stats", _backward_elemt_stats_fake)
+    fake("batchnorm::running_update", _running_update_fake)
+    fake("batchnorm::train", _train_fake)
+    fake("batchnorm::train_backward", _train_backward_fake)
 
 
 # --------------------------------------------------------------------------- the kernel set
