@@ -291,9 +291,13 @@ Tensor backward_elemt_stats_cpu(const Tensor& dy, const Tensor& x_in, int64_t ax
   return dx;
 }
 
-void running_update_cpu(const Tensor& rm, const Tensor& rv, const Tensor& mean, const Tensor& var,
-                        int64_t count, double momentum, bool cumulative, bool store_unbiased,
-                        const c10::optional<Tensor>& nbt, const c10::optional<Tensor>& skipped) {
+void running_update_cpu(const Tensor& rm_in, const Tensor& rv_in, const Tensor& mean_in,
+                        const Tensor& var_in, int64_t count, double momentum, bool cumulative,
+                        bool store_unbiased, const c10::optional<Tensor>& nbt,
+                        const c10::optional<Tensor>& skipped) {
+  // Strided buffers are updated through contiguous copies, written back below.
+  const Tensor rm = rm_in.contiguous(), rv = rv_in.contiguous();
+  const Tensor mean = mean_in.contiguous(), var = var_in.contiguous();
   auto flat = [](const Tensor& t) { return t.is_contiguous() && t.device().is_cpu(); };
   auto counter = [&](const c10::optional<Tensor>& t) {
     return !t.has_value() || (flat(*t) && t->scalar_type() == at::kLong && t->numel() == 1);
@@ -313,15 +317,25 @@ void running_update_cpu(const Tensor& rm, const Tensor& rv, const Tensor& mean, 
                            mean.data_ptr<double>(), var.data_ptr(), mean.numel(), count, momentum,
                            cumulative, store_unbiased, n, s),
         "running_update");
+  if (!rm.is_same(rm_in)) rm_in.copy_(rm);
+  if (!rv.is_same(rv_in)) rv_in.copy_(rv);
 }
 
 // The training forward in one call: the statistics, then normalize with inv_std, scale and
-// shift made in the kernel (the same bits as stats followed by normalize_stats).
-std::tuple<Tensor, Tensor, Tensor, Tensor> train_cpu(const Tensor& x, const c10::optional<Tensor>& weight,
-                                                     const c10::optional<Tensor>& bias, double eps,
-                                                     int64_t axis) {
+// shift made in the kernel (the same bits as stats followed by normalize_stats), then, where
+// running buffers are given, the running update (as running_update).
+std::tuple<Tensor, Tensor, Tensor, Tensor> train_cpu(
+    const Tensor& x, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+    double eps, int64_t axis, const c10::optional<Tensor>& running_mean,
+    const c10::optional<Tensor>& running_var, const c10::optional<Tensor>& nbt,
+    const c10::optional<Tensor>& skipped, double momentum, bool cumulative, bool store_unbiased) {
   auto [mean, var] = stats_cpu(x, axis);
   auto [y, inv_std] = normalize_stats_cpu(x, axis, mean, var, weight, bias, eps);
+  if (running_mean.has_value() && running_var.has_value()) {
+    const int64_t C = x.size(axis);
+    running_update_cpu(*running_mean, *running_var, mean, var, C ? x.numel() / C : 0, momentum,
+                       cumulative, store_unbiased, nbt, skipped);
+  }
   return {y, mean, var, inv_std};
 }
 
@@ -375,19 +389,26 @@ std::tuple<Tensor, Tensor, Tensor> differentiable_backward(const Tensor& dy, con
 
 class TrainFunction : public torch::autograd::Function<TrainFunction> {
  public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                const Tensor& x,
-                                                const c10::optional<Tensor>& weight,
-                                                const c10::optional<Tensor>& bias, double eps,
-                                                int64_t axis) {
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, const Tensor& x, const c10::optional<Tensor>& weight,
+      const c10::optional<Tensor>& bias, double eps, int64_t axis,
+      const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var,
+      const c10::optional<Tensor>& nbt, const c10::optional<Tensor>& skipped, double momentum,
+      bool cumulative, bool store_unbiased) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("batchnorm::train", "")
                          .typed<decltype(train_cpu)>();
     Tensor y, mean, var, inv_std;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(y, mean, var, inv_std) = op.call(x, weight, bias, eps, axis);
+      std::tie(y, mean, var, inv_std) = op.call(x, weight, bias, eps, axis, running_mean,
+                                                running_var, nbt, skipped, momentum, cumulative,
+                                                store_unbiased);
     }
+    // The buffers changed in place below the ADInplaceOrView key: their version counters
+    // move here, as an in-place op's do.
+    for (const auto* t : {&running_mean, &running_var, &nbt, &skipped})
+      if (t->has_value() && (*t)->defined()) torch::autograd::impl::bump_version(**t);
     ctx->save_for_backward({x, weight.value_or(Tensor()), mean, inv_std});
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["axis"] = axis;
@@ -422,15 +443,19 @@ class TrainFunction : public torch::autograd::Function<TrainFunction> {
       std::tie(dx, dw, db) = op.call(dy, x, has_w ? c10::optional<Tensor>(weight) : c10::nullopt,
                                      mean, inv_std, axis, mask);
     }
-    return {dx, dw, db, Tensor(), Tensor()};
+    torch::autograd::variable_list out(12);
+    out[0] = dx, out[1] = dw, out[2] = db;
+    return out;
   }
 };
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> train_autograd(const Tensor& x,
-                                                          const c10::optional<Tensor>& weight,
-                                                          const c10::optional<Tensor>& bias,
-                                                          double eps, int64_t axis) {
-  auto out = TrainFunction::apply(x, weight, bias, eps, axis);
+std::tuple<Tensor, Tensor, Tensor, Tensor> train_autograd(
+    const Tensor& x, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+    double eps, int64_t axis, const c10::optional<Tensor>& running_mean,
+    const c10::optional<Tensor>& running_var, const c10::optional<Tensor>& nbt,
+    const c10::optional<Tensor>& skipped, double momentum, bool cumulative, bool store_unbiased) {
+  auto out = TrainFunction::apply(x, weight, bias, eps, axis, running_mean, running_var, nbt,
+                                  skipped, momentum, cumulative, store_unbiased);
   return {out[0], out[1], out[2], out[3]};
 }
 
@@ -468,7 +493,10 @@ TORCH_LIBRARY(batchnorm, m) {
   m.def("running_update(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor mean, "
         "Tensor var, int count, float momentum, bool cumulative, bool store_unbiased, "
         "Tensor(c!)? num_batches_tracked, Tensor(d!)? skipped_updates) -> ()");
-  m.def("train(Tensor x, Tensor? weight, Tensor? bias, float eps, int axis) -> "
+  m.def("train(Tensor x, Tensor? weight, Tensor? bias, float eps, int axis, "
+        "Tensor(a!)? running_mean=None, Tensor(b!)? running_var=None, "
+        "Tensor(c!)? num_batches_tracked=None, Tensor(d!)? skipped_updates=None, "
+        "float momentum=0.1, bool cumulative=False, bool store_unbiased=True) -> "
         "(Tensor y, Tensor mean, Tensor var, Tensor inv_std)");
   m.def("train_backward(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor inv_std, "
         "int axis, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");

@@ -209,6 +209,8 @@ def check_inputs(
             "pass them, or use training=True to normalize with the batch's own statistics"
         )
     channels = input.shape[axis]
+    # Cheaper to compare than torch.device objects: the index (-1 on CPU and meta) and flags.
+    where = (input.get_device(), input.is_cpu, input.is_cuda)
     for name, t in (
         ("running_mean", running_mean),
         ("running_var", running_var),
@@ -217,6 +219,10 @@ def check_inputs(
     ):
         if t is None:
             continue
+        if type(t) is Tensor or type(t) is torch.nn.Parameter:
+            here = (t.get_device(), t.is_cpu, t.is_cuda)
+            if t.numel() == channels and here == where and t.is_floating_point():
+                continue  # the common case, decided with three cheap calls
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
         if t.numel() != channels:

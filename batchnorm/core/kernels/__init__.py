@@ -52,8 +52,9 @@ NormalizeStatsFn = Callable[
 BackwardElemtStatsFn = Callable[
     [Tensor, Tensor, int, Tensor, Tensor, "Tensor | None", Tensor, Tensor, int], Tensor
 ]
-TrainFn = Callable[
-    [Tensor, "Tensor | None", "Tensor | None", float, int], tuple[Tensor, Tensor, Tensor, Tensor]
+TrainFn = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]
+BuffersFitFn = Callable[
+    [Tensor, Tensor, "float | Tensor | None", "Tensor | None", "Tensor | None"], bool
 ]
 
 
@@ -77,11 +78,15 @@ class Kernels:
 
     Both must give the bits of the core's composition (tested).
 
-    - ``train(x, weight, bias, eps, axis) -> (y, mean, var, inv_std)``: the whole plain
-      training forward (``stats`` then ``normalize_stats``) in one call, differentiable in
-      ``x``, ``weight`` and ``bias`` with the closed-form backward (eq. 9, 10, 12), to any
-      order; ``mean``, ``var`` and ``inv_std`` are not differentiable. None: the core runs the
-      steps itself. Used where no mask, correction or process group changes a step.
+    - ``train(x, weight, bias, eps, axis[, running_mean, running_var, num_batches_tracked,
+      skipped_updates, momentum, cumulative, store_unbiased]) -> (y, mean, var, inv_std)``:
+      the whole plain training forward (``stats`` then ``normalize_stats``) in one call,
+      differentiable in ``x``, ``weight`` and ``bias`` with the closed-form backward (eq. 9,
+      10, 12), to any order; ``mean``, ``var`` and ``inv_std`` are not differentiable. Given
+      running buffers it also runs ``running_update`` on them (momentum as a float,
+      ``cumulative`` for ``momentum=None``), where ``buffers_fit`` says it can. None: the
+      core runs the steps itself. Used where no mask, correction or process group changes a
+      step.
     """
 
     name: str
@@ -94,6 +99,7 @@ class Kernels:
     normalize_stats: NormalizeStatsFn | None = None
     backward_elemt_stats: BackwardElemtStatsFn | None = None
     train: TrainFn | None = None
+    buffers_fit: BuffersFitFn | None = None
 
 
 NATIVE = Kernels(
@@ -166,6 +172,7 @@ if _cpu.load():
             normalize_stats=_ops.normalize_stats,
             backward_elemt_stats=_ops.backward_elemt_stats,
             train=_ops.train,
+            buffers_fit=_cpu.buffers_fit,
         ),
     )
 

@@ -205,7 +205,7 @@ def _register_fakes() -> None:
         return None
 
     def _train_fake(
-        x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int
+        x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int, *rest: Any
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         acc = _acc(x)
         return (
@@ -260,12 +260,13 @@ def geometry(x: Tensor, axis: int) -> tuple[int, int, int] | None:
 
 
 def supports(x: Tensor, axis: int) -> bool:
-    """True for a non-empty CPU tensor of a supported dtype and layout."""
+    """True for a non-empty CPU tensor of a supported dtype and a layout the kernels read
+    (:func:`geometry` is not None)."""
     return (
         x.device.type == "cpu"
         and x.dtype in FAST_DTYPES
         and x.numel() > 0
-        and geometry(x, axis) is not None
+        and (x.is_contiguous() or (x.stride(axis) == 1 and x.movedim(axis, -1).is_contiguous()))
     )
 
 
@@ -274,6 +275,28 @@ _VEC = (torch.float32, torch.float64)
 
 def _flat(t: Tensor, dtypes: tuple[torch.dtype, ...]) -> bool:
     return t.device.type == "cpu" and t.dtype in dtypes and t.is_contiguous()
+
+
+def buffers_fit(
+    running_mean: Tensor,
+    running_var: Tensor,
+    momentum: float | Tensor | None,
+    num_batches_tracked: Tensor | None,
+    skipped_updates: Tensor | None,
+) -> bool:
+    """Whether ``batchnorm::train`` (and ``running_update``) can update these buffers: float32
+    or float64 CPU buffers of one dtype, a float (or None) momentum, int64 scalar counters.
+    Anything else takes the torch-op update (float16 buffers are blended in float32 there)."""
+    nbt, skipped = num_batches_tracked, skipped_updates
+    return (
+        (momentum is None or type(momentum) is float or type(momentum) is int)
+        and running_mean.dtype in _VEC
+        and running_var.dtype == running_mean.dtype
+        and running_mean.device.type == "cpu"
+        and running_var.device.type == "cpu"
+        and (nbt is None or (nbt.dtype == torch.int64 and nbt.numel() == 1))
+        and (skipped is None or (skipped.dtype == torch.int64 and skipped.numel() == 1))
+    )
 
 
 def _counter(t: Tensor | None) -> bool:
@@ -318,16 +341,25 @@ def _running_update(
     rule (non-finite batches skipped and counted), each step in the precision of the torch op
     it replaces (the same bits).
     """
+    # One expression, no helper calls: this runs on every training step.
+    rm, rv = running_mean, running_var
     if not (
-        (momentum is None or type(momentum) in (float, int))
-        and running_var.dtype == running_mean.dtype
-        and _flat(running_mean, _VEC)
-        and _flat(running_var, _VEC)
-        and _flat(mean, (torch.float64,))
-        and _flat(var, _VEC)
-        and mean.numel() == var.numel() == running_mean.numel() == running_var.numel()
-        and _counter(num_batches_tracked)
-        and _counter(skipped_updates)
+        (momentum is None or type(momentum) is float or type(momentum) is int)
+        and rm.dtype in _VEC
+        and rv.dtype == rm.dtype
+        and mean.dtype == torch.float64
+        and var.dtype in _VEC
+        and rm.device.type == "cpu"
+        and rv.device.type == "cpu"
+        and mean.device.type == "cpu"
+        and var.device.type == "cpu"
+        and rm.is_contiguous()
+        and rv.is_contiguous()
+        and mean.is_contiguous()
+        and var.is_contiguous()
+        and mean.numel() == var.numel() == rm.numel() == rv.numel()
+        and (num_batches_tracked is None or _counter(num_batches_tracked))
+        and (skipped_updates is None or _counter(skipped_updates))
     ):
         return False
     torch.ops.batchnorm.running_update(
