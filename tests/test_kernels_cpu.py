@@ -625,12 +625,31 @@ def test_bench_runs_and_writes_its_rows(tmp_path, capsys):
             "--no-cold-start",
             "--json",
             str(out),
+            "--save",
+            str(tmp_path / "results"),
         ]
     )
     assert rc == 0
+    (saved,) = (tmp_path / "results").glob("*-float32-t*.txt")  # named by date and CPU
+    text = saved.read_text()
+    assert "host:" in text and "CPU path: kernels, ISA" in text and "copy bandwidth" in text
     rows = json.loads(out.read_text())["rows"]
     assert [r["mode"] for r in rows] == ["train", "fwd+bwd"]
     assert all(r["kernel"] == "cpu" and r["ours_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
     assert all(r["allocator"] == bench.TUNED_GLIBC for r in rows)
     with pytest.raises(ValueError, match="unknown shapes"):
         bench.main(["--shapes", "1x2x3", "--allocator", "inherit"])
+
+
+@pytest.mark.slow
+def test_bench_models_section(tmp_path, capsys):
+    """`batchnorm bench --models`: the MLP, LeNet and small-forward ratios and the contention
+    line, saved with the rest (timings never asserted: the machine is shared)."""
+    from batchnorm.cli import bench
+
+    args = ["--models-only", "--model-steps", "6", "--save", str(tmp_path), "--no-cold-start"]
+    assert bench.main(args) == 0
+    (saved,) = tmp_path.glob("*.txt")
+    text = saved.read_text()
+    for needle in ("Figure-1 MLP step", "LeNet step", "4x64x2x2 training forward", "contention:"):
+        assert needle in text

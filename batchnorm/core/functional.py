@@ -510,19 +510,12 @@ def batch_norm(
         >>> y = batch_norm(x, rm, rv, training=True)
     """
     mode = graph_mode(input, weight, bias)
-    with _untraced(mode):
-        axis = validate.check_inputs(
-            input,
-            running_mean,
-            running_var,
-            weight,
-            bias,
-            training,
-            momentum,
-            eps,
-            axis,
-            check_count=False,
-        )
+    checks = (input, running_mean, running_var, weight, bias, training, momentum, eps, axis)
+    if mode == "jit":
+        with _untraced(mode):
+            axis = validate.check_inputs(*checks, check_count=False)
+    else:  # (no context manager: this runs on every call)
+        axis = validate.check_inputs(*checks, check_count=False)
     if training and mode is None and mask is None and correction is None and process_group is None:
         y = _plain_train(
             input, running_mean, running_var, weight, bias, momentum, eps, axis,
