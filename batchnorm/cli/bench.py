@@ -167,9 +167,10 @@ def _cases(shape, channels_last, dtype, mode):
             else:  # bwd alone: one forward kept, its graph replayed
                 y = f(xg, rm, rv, wg, bg, True)
 
-                def step(y=y, xg=xg, wg=wg, bg=bg, dy=dy):
+                def replay(y=y, xg=xg, wg=wg, bg=bg, dy=dy):
                     return torch.autograd.grad(y, (xg, wg, bg), dy, retain_graph=True)
 
+                step = replay
             out.append(step)
     return out[0], out[1], copy
 
@@ -191,7 +192,10 @@ def measure(
     tt, to, tc, ratios = [], [], [], []
     for _ in range(repeat):
         a, b_, c = _time(t_fn), _time(o_fn), _time(c_fn)
-        tt.append(a), to.append(b_), tc.append(c), ratios.append(a / b_)
+        tt.append(a)
+        to.append(b_)
+        tc.append(c)
+        ratios.append(a / b_)
     pick = min if stat == "min" else statistics.median
     copy_ms = pick(tc)
     ours_ms = pick(to)

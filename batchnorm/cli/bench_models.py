@@ -99,7 +99,8 @@ def interleaved(
 ) -> tuple[float, float]:
     """Medians (seconds) of ``steps`` alternating runs of each, the order flipped every step."""
     for _ in range(warmup):
-        ours(), theirs()
+        ours()
+        theirs()
     a: list[float] = []
     b: list[float] = []
     for i in range(steps):
