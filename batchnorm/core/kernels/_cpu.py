@@ -84,7 +84,9 @@ def _verify() -> tuple[Path | None, str]:
             f"{path} does not match the SHA-256 recorded when it was built (damaged, truncated "
             f"or replaced); not loaded. Fix: {REBUILD}"
         )
-    if built_for != torch.__version__:
+    # The release must match (the C++ API of another torch is another ABI); the local
+    # label of a build (+cpu, +cu126) does not change the CPU ops' ABI.
+    if built_for.split("+")[0] != torch.__version__.split("+")[0]:
         return None, (
             f"{path} was built against torch {built_for}, this is torch {torch.__version__}; "
             f"not loaded. Fix: {REBUILD}"
