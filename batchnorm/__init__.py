@@ -63,7 +63,7 @@ _WHERE: dict[str, str] = {
     "Finding": "batchnorm.tools.doctor",
     "diagnose": "batchnorm.tools.doctor",
 }
-_MODULES = ("functional", "func")
+_MODULES = ("functional", "func", "kernels")
 
 __all__ = [*_MODULES, *_WHERE]
 
@@ -90,6 +90,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from . import func as func
     from . import functional as functional
+    from . import kernels as kernels
     from .functional import batch_norm as batch_norm
     from .functional import batch_normalization as batch_normalization
     from .functional import moments as moments

@@ -1,6 +1,7 @@
-"""The fast CPU kernels (batchnorm/kernels/cpu.cpp) against the float64 reference, the native
-torch-op kernels and torch.nn; their fallback; their custom ops under opcheck, torch.compile
-and torch.export; and a build in a fresh cache."""
+"""The fast CPU kernels (csrc/, built at install) against the float64 reference, the native
+torch-op kernels and torch.nn, on every instruction-set path this CPU runs; their fallback;
+their ops under opcheck, torch.compile and torch.export; and the library's verification
+(a damaged, planted or mismatched file is refused with a message, never loaded)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,31 @@ import batchnorm
 import batchnorm.functional as F
 from batchnorm import reference as ref
 from batchnorm.core import kernels
-from batchnorm.core.kernels import _cpu, _cpu_build
+from batchnorm.core.kernels import _cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = kernels.get(torch.ones(2, 2), 1)
 pytestmark = pytest.mark.skipif(
-    FAST.name != "cpu", reason=f"fast CPU kernels unavailable: {_cpu_build.status()}"
+    FAST.name != "cpu", reason=f"fast CPU kernels unavailable: {_cpu.info()['reason']}"
 )
+OPS = torch.ops.batchnorm
+# Every instruction-set path of the build that this CPU runs (BATCHNORM_CPU_ISA in a new
+# process, batchnorm::set_isa here).
+ISAS = _cpu.isas()
+
+
+@pytest.fixture(params=ISAS or ["none"])
+def isa(request):
+    if request.param == "none":
+        pytest.skip("fast CPU kernels unavailable")
+    previous = _cpu.info()["isa"]
+    _cpu.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _cpu.set_isa(previous)
+
+
 EPS = 1e-5
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # Output tolerance against float64 math on the same (rounded) input, for |y| of a few units.
@@ -92,7 +111,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_primitives_match_reference_and_native(layout: str, dtype: torch.dtype):
+def test_primitives_match_reference_and_native(layout: str, dtype: torch.dtype, isa: str):
     x, axis = _layout(layout, dtype)
     # float16 is declined by default (slower than torch's half kernels) but the ops take it.
     assert kernels.get(x, axis).name == ("native" if dtype == torch.float16 else "cpu")
@@ -148,7 +167,7 @@ def test_primitives_match_reference_and_native(layout: str, dtype: torch.dtype):
 
 @pytest.mark.parametrize("layout", ["nchw-big", "cl-big", "2d-big", "2d-wide", "c1"])
 @pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_matches_reference_and_torch(layout: str, training: bool):
+def test_batch_norm_matches_reference_and_torch(layout: str, training: bool, isa: str):
     """The whole op, forward and backward, on the fast path."""
     x, axis = _layout(layout, torch.float32)
     x.requires_grad_(True)
@@ -177,7 +196,7 @@ def test_batch_norm_matches_reference_and_torch(layout: str, training: bool):
             np.testing.assert_allclose(_np(a), e, atol=2e-4, rtol=1e-4)
 
 
-def test_large_mean_small_std_keeps_its_digits():
+def test_large_mean_small_std_keeps_its_digits(isa: str):
     """mean 1e4, std 1e-2 in float32: the float64 mean and (x - hi) - lo keep y exact."""
     g = torch.Generator().manual_seed(3)
     for fmt in (torch.contiguous_format, torch.channels_last):
@@ -191,7 +210,7 @@ def test_large_mean_small_std_keeps_its_digits():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["nchw-big", "cl-big", "2d-big", "2d-wide"])
-def test_constant_channel_gives_exactly_beta(layout: str, dtype: torch.dtype):
+def test_constant_channel_gives_exactly_beta(layout: str, dtype: torch.dtype, isa: str):
     x, axis = _layout(layout, dtype)
     x = x.clone()
     x.select(axis, 0).fill_(1e4 if dtype != torch.float16 else 1e3)
@@ -214,8 +233,8 @@ def test_fallback_for_layouts_and_types_the_kernels_do_not_read():
             rtol=1e-5,
         )
     assert kernels.get(torch.ones(0, 3), 1).name == "native"  # empty
-    # The op itself never fails on a layout its kernel cannot read: it computes natively.
-    mean, var = _cpu.cpu_stats(x.transpose(2, 3), 1)
+    # The op itself never fails on a layout its kernel cannot read: it reads a copy.
+    mean, var = OPS.stats(x.transpose(2, 3), 1)
     m2, v2 = kernels.NATIVE.stats(x.transpose(2, 3), 1)
     torch.testing.assert_close((mean, var), (m2, v2))
     previous = kernels.set_enabled(False)
@@ -226,7 +245,7 @@ def test_fallback_for_layouts_and_types_the_kernels_do_not_read():
 
 
 def test_fallback_when_the_library_cannot_load(monkeypatch):
-    monkeypatch.setitem(_cpu_build._state, "lib", None)
+    monkeypatch.delitem(kernels._REGISTRY, "cpu")
     x, _ = _layout("nchw", torch.float32)
     assert kernels.get(x, 1).name == "native"
     y = F.batch_norm(x, None, None, training=True)
@@ -270,7 +289,7 @@ def test_thread_count_does_not_change_results_beyond_rounding():
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("layout", ["nchw-big", "cl-big", "2d-wide"])
 @pytest.mark.parametrize("affine", [True, False])
-def test_vectors_built_in_the_kernel_give_the_bits_of_the_torch_ops(layout, dtype, affine):
+def test_vectors_built_in_the_kernel_give_the_bits_of_the_torch_ops(layout, dtype, affine, isa):
     """normalize_stats and backward_elemt_stats against the core's composition of torch ops
     and the plain primitives: equal bit for bit (batch statistics, and running statistics
     kept in float32 or float64)."""
@@ -393,7 +412,7 @@ def test_running_update_kernel_declines_what_it_does_not_take():
     assert torch.allclose(rm, torch.full((C,), 0.5))
 
 
-def test_gradcheck_and_double_backward_on_the_fast_path():
+def test_gradcheck_and_double_backward_on_the_fast_path(isa: str):
     x, _ = _layout("ncl", torch.float64)
     x.requires_grad_(True)
     w = torch.rand(x.shape[1], dtype=torch.float64).add_(0.5).requires_grad_(True)
@@ -453,20 +472,29 @@ def _op_samples():
     C = x.shape[1]
     mean, _ = FAST.stats(x, 1)
     v = torch.rand(C) + 0.5
-    yield _cpu.cpu_stats, (x, 1)
-    yield _cpu.cpu_stats, (x.transpose(2, 3), 1)  # the op's own native fallback
-    yield _cpu.cpu_normalize, (xc, 1, mean, v, v)
-    yield _cpu.cpu_normalize, (x.to(torch.bfloat16), 1, mean, v, v)
-    yield _cpu.cpu_backward_reduce, (torch.randn_like(x), xc, 1, mean)
-    yield _cpu.cpu_backward_elemt, (torch.randn_like(xc), xc, 1, mean, v, v, v)
-    yield _cpu.cpu_normalize_stats, (xc, 1, mean, v, v, v, 1e-5)
+    yield OPS.stats, (x, 1)
+    yield OPS.stats, (x.transpose(2, 3), 1)  # a layout the kernels read through a copy
+    yield OPS.normalize, (xc, 1, mean, v, v)
+    yield OPS.normalize, (x.to(torch.bfloat16), 1, mean, v, v)
+    yield OPS.backward_reduce, (torch.randn_like(x), xc, 1, mean)
+    yield OPS.backward_elemt, (torch.randn_like(xc), xc, 1, mean, v, v, v)
+    yield OPS.normalize_stats, (xc, 1, mean, v, v, v, 1e-5)
     yield (
-        _cpu.cpu_normalize_stats,
+        OPS.normalize_stats,
         (x, 1, v, v.double(), None, None, 1e-5),
     )  # running stats, no affine
-    yield _cpu.cpu_normalize_stats, (x.transpose(2, 3), 1, mean, v, v, v, 1e-5)  # native fallback
-    yield _cpu.cpu_backward_elemt_stats, (torch.randn_like(x), x, 1, mean, v, v, v, v, 11)
-    yield _cpu.cpu_backward_elemt_stats, (torch.randn_like(xc), xc, 1, mean, v, None, v, v, 11)
+    yield OPS.normalize_stats, (x.transpose(2, 3), 1, mean, v, v, v, 1e-5)  # through a copy
+    yield OPS.backward_elemt_stats, (torch.randn_like(x), x, 1, mean, v, v, v, v, 11)
+    yield OPS.backward_elemt_stats, (torch.randn_like(xc), xc, 1, mean, v, None, v, v, 11)
+    w = (torch.rand(C) + 0.5).requires_grad_(True)
+    b = torch.randn(C).requires_grad_(True)
+    yield OPS.train, (x.clone().requires_grad_(True), w, b, 1e-5, 1)
+    yield OPS.train, (xc.clone().requires_grad_(True), None, None, 1e-5, 1)
+    yield OPS.train_backward, (torch.randn_like(x), x, w.detach(), mean, v, 1, [True, True, True])
+    yield (
+        OPS.running_update,
+        (torch.zeros(C), torch.ones(C), mean, v, 11, 0.1, False, True, torch.tensor(3), None),
+    )
 
 
 def test_custom_ops_pass_opcheck():
@@ -486,9 +514,9 @@ def test_torch_compile_sees_the_ops_and_matches_eager():
     torch._dynamo.reset()
     explain = torch._dynamo.explain(compiled_model)(x)
     assert explain.graph_break_count == 0
-    # The autograd Function's forward is a subgraph (a submodule) of the captured graph.
+    # The training step is one op, batchnorm::train, with its backward registered in C++.
     graph = "\n".join(m.code for g in explain.graphs for m in g.modules() if hasattr(m, "code"))
-    assert "batchnorm.cpu_stats" in graph and "batchnorm.cpu_normalize" in graph
+    assert "batchnorm.train" in graph
     compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=False)
     y, y_e = compiled(x), model(x)
     torch.testing.assert_close(y, y_e, atol=1e-5, rtol=1e-5)
@@ -511,7 +539,7 @@ def test_torch_export_keeps_the_op_in_training():
         for n in m.graph.nodes
         if n.op == "call_function"
     }
-    assert {"batchnorm.cpu_stats.default", "batchnorm.cpu_normalize_stats.default"} <= targets
+    assert {"batchnorm.train.default", "batchnorm.running_update.default"} <= targets
 
 
 @pytest.mark.slow
@@ -560,7 +588,7 @@ def test_half_conversions_are_exact_and_round_to_nearest_even(dtype: torch.dtype
     x = bits.view(dtype).reshape(-1, 1)  # (65536, 1): rows of one channel
     finite_nonzero = torch.isfinite(x.float()) & (x.float() != 0)
     zero64, one, zero = torch.zeros(1, dtype=torch.float64), torch.ones(1), torch.zeros(1)
-    y = _cpu.cpu_normalize(x, 1, zero64, one, zero)
+    y = OPS.normalize(x, 1, zero64, one, zero)
     assert torch.equal(y.view(torch.int16)[finite_nonzero], x.view(torch.int16)[finite_nonzero])
     assert torch.isnan(y.float()[torch.isnan(x.float())]).all()
     g = torch.Generator().manual_seed(8)
@@ -569,7 +597,7 @@ def test_half_conversions_are_exact_and_round_to_nearest_even(dtype: torch.dtype
         + [torch.tensor([float("inf"), float("-inf"), 65504.0, 65519.99, 65520.0])]
     )
     C = f.numel()
-    out = _cpu.cpu_normalize(
+    out = OPS.normalize(
         torch.zeros(1, C, dtype=dtype), 1, torch.zeros(C, dtype=torch.float64), torch.ones(C), f
     )  # y = 0 * 1 + f, stored in dtype
     assert torch.equal(out.flatten().view(torch.int16), f.to(dtype).view(torch.int16))
@@ -597,12 +625,31 @@ def test_bench_runs_and_writes_its_rows(tmp_path, capsys):
             "--no-cold-start",
             "--json",
             str(out),
+            "--save",
+            str(tmp_path / "results"),
         ]
     )
     assert rc == 0
+    (saved,) = (tmp_path / "results").glob("*-float32-t*.txt")  # named by date and CPU
+    text = saved.read_text()
+    assert "host:" in text and "CPU path: kernels, ISA" in text and "copy bandwidth" in text
     rows = json.loads(out.read_text())["rows"]
     assert [r["mode"] for r in rows] == ["train", "fwd+bwd"]
     assert all(r["kernel"] == "cpu" and r["ours_ms"] > 0 and r["torch_ms"] > 0 for r in rows)
     assert all(r["allocator"] == bench.TUNED_GLIBC for r in rows)
     with pytest.raises(ValueError, match="unknown shapes"):
         bench.main(["--shapes", "1x2x3", "--allocator", "inherit"])
+
+
+@pytest.mark.slow
+def test_bench_models_section(tmp_path, capsys):
+    """`batchnorm bench --models`: the MLP, LeNet and small-forward ratios and the contention
+    line, saved with the rest (timings never asserted: the machine is shared)."""
+    from batchnorm.cli import bench
+
+    args = ["--models-only", "--model-steps", "6", "--save", str(tmp_path), "--no-cold-start"]
+    assert bench.main(args) == 0
+    (saved,) = tmp_path.glob("*.txt")
+    text = saved.read_text()
+    for needle in ("Figure-1 MLP step", "LeNet step", "4x64x2x2 training forward", "contention:"):
+        assert needle in text

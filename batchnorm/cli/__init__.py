@@ -23,7 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "build-kernels": (
         "batchnorm.cli.build_kernels",
-        "compile the fast CPU kernels ahead of time (cached)",
+        "say which CPU path runs (kernels built at install, or torch ops); --rebuild in place",
     ),
     "doctor": (
         "batchnorm.cli.doctor",

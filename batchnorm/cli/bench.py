@@ -83,6 +83,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="summary of the timed runs; min shows the machine without other load",
     )
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--models",
+        action="store_true",
+        help="also time whole training steps (Figure-1 MLP, LeNet, a 4x64x2x2 forward) with "
+        "our BN against torch.nn's, and the MLP step under 3 processes x 2 threads",
+    )
+    parser.add_argument(
+        "--models-only", action="store_true", help="only the --models section (no kernel table)"
+    )
+    parser.add_argument("--model-steps", type=int, default=500, help="steps per model (median)")
+    parser.add_argument(
+        "--no-contention", action="store_true", help="skip the 3-process contention run"
+    )
+    parser.add_argument(
+        "--save",
+        default=None,
+        help="folder for the raw output, named by date and CPU (default: benchmarks/results "
+        "of the source checkout, or none for an installed copy)",
+    )
+    parser.add_argument("--no-save", action="store_true", help="do not save the raw output")
     # --device cuda: the GPU bench (bench_cuda.py, its own options in the group below).
     from . import bench_cuda
 
@@ -147,9 +167,11 @@ def _cases(shape, channels_last, dtype, mode):
             else:  # bwd alone: one forward kept, its graph replayed
                 y = f(xg, rm, rv, wg, bg, True)
 
-                def step(y=y, xg=xg, wg=wg, bg=bg, dy=dy):
+                def replay(y=y, xg=xg, wg=wg, bg=bg, dy=dy):
                     return torch.autograd.grad(y, (xg, wg, bg), dy, retain_graph=True)
 
+                out.append(replay)
+                continue
             out.append(step)
     return out[0], out[1], copy
 
@@ -171,7 +193,10 @@ def measure(
     tt, to, tc, ratios = [], [], [], []
     for _ in range(repeat):
         a, b_, c = _time(t_fn), _time(o_fn), _time(c_fn)
-        tt.append(a), to.append(b_), tc.append(c), ratios.append(a / b_)
+        tt.append(a)
+        to.append(b_)
+        tc.append(c)
+        ratios.append(a / b_)
     pick = min if stat == "min" else statistics.median
     copy_ms = pick(tc)
     ours_ms = pick(to)
@@ -208,15 +233,15 @@ t2 = time.perf_counter()
 x = torch.randn(8, 16, 32, 32)
 bn = batchnorm.BatchNorm2d(16)
 t3 = time.perf_counter(); bn(x); t4 = time.perf_counter(); bn(x); t5 = time.perf_counter()
-from batchnorm.core.kernels import get, _cpu_build
+from batchnorm.core.kernels import get, info
 print(json.dumps({"import_torch_ms": (t1 - t0) * 1e3, "import_batchnorm_ms": (t2 - t1) * 1e3,
                   "first_call_ms": (t4 - t3) * 1e3, "second_call_ms": (t5 - t4) * 1e3,
-                  "kernel": get(x, 1).name, "status": _cpu_build.status()}))
+                  "kernel": get(x, 1).name, "status": info()["reason"]}))
 """
 
 
 def cold_start() -> dict:
-    """First-call cost in a new process with the build cached, and a fresh build's time."""
+    """First-call cost in a new process (the kernels are built at install: nothing compiles)."""
     env = dict(os.environ)
 
     def run(e):
@@ -228,11 +253,8 @@ def cold_start() -> dict:
             .splitlines()[-1]
         )
 
-    run(env)  # make sure the cache is warm
-    cached = run(env)
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = run({**env, "BATCHNORM_CACHE_DIR": tmp})
-    return {"cached": cached, "fresh_cache": fresh}
+    run(env)  # the library's pages in the file cache, as for any later process
+    return {"new_process": run(env)}
 
 
 # --------------------------------------------------------------------------- driver
@@ -284,6 +306,13 @@ def run(args: argparse.Namespace) -> int:
         return bench_cuda.run(bench_cuda.from_cpu_bench(args))
     if args.quick:
         args.repeat, args.warmup, args.no_cold_start = 7, 1, True
+    if args.allocator != "inherit":  # the parent: header, children, models, saved output
+        return _parent(args)
+    return _tables(args)
+
+
+def _tables(args: argparse.Namespace) -> int:
+    """The kernel tables: one child process per allocator setting, or this process as is."""
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     bad_modes = [m for m in args.modes.split(",") if m not in MODES]
     if unknown or bad_modes:
@@ -305,7 +334,8 @@ def run(args: argparse.Namespace) -> int:
                 os.close(fd)
                 cmd += ["--json", tmp]
             sys.stdout.flush()
-            subprocess.run(cmd, env=env, check=True)
+            child = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+            print(child.stdout, end="", flush=True)
             if args.json:
                 with open(tmp) as f:
                     rows_all += json.load(f)["rows"]
@@ -317,14 +347,14 @@ def run(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype]
     setting = os.environ.get("GLIBC_TUNABLES") or "default"
     from ..core import kernels
-    from ..core.kernels import _cpu_build
 
-    kernels.get(torch.empty(2, 2), 1)  # build or load before any timing
+    kinfo = kernels.info()
     header = (
         f"batchnorm bench: {args.dtype}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}, allocator GLIBC_TUNABLES={setting}, {args.stat} of {args.repeat} "
         f"(warm-up {args.warmup}); ratio = torch / ours; floor = passes/2 x copy time "
-        f"(train 3, eval 2, bwd 5, fwd+bwd 8)\nfast kernels: {_cpu_build.status()}"
+        f"(train 3, eval 2, bwd 5, fwd+bwd 8)\nCPU path: {kinfo['path']}, ISA {kinfo['isa']} "
+        f"({kinfo['reason']})"
     )
     rows = []
     print(header, COLUMNS, sep="\n", flush=True)
@@ -335,6 +365,99 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         r.update({"threads": torch.get_num_threads(), "allocator": setting, "dtype": args.dtype})
     return _finish(args, rows)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model", "Hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def copy_bandwidth() -> float:
+    """GB/s of ``dst.copy_(x)`` on 25 MB (one read + one write), the best of 20."""
+    x = torch.randn(32, 64, 56, 56)
+    dst = torch.empty_like(x)
+    best = min(_time(lambda: dst.copy_(x)) for _ in range(20))
+    return 2 * x.numel() * x.element_size() / best / 1e6
+
+
+def header_lines(threads: int) -> list[str]:
+    """CPU model, the CPU path and ISA the kernels use, torch, threads, copy bandwidth."""
+    from ..core import kernels
+
+    info = kernels.info()
+    return [
+        f"host: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, {threads} threads",
+        f"CPU path: {info['path']}, ISA {info['isa']} ({info['reason']})",
+        f"copy bandwidth: {copy_bandwidth():.1f} GB/s (dst.copy_(x), 25 MB, best of 20)",
+    ]
+
+
+def _results_dir(args: argparse.Namespace) -> str | None:
+    if args.no_save:
+        return None
+    if args.save:
+        return str(args.save)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = os.path.join(root, "benchmarks", "results")
+    return out if os.path.isdir(out) else None
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() else "-" for c in text.lower())
+    return "-".join(p for p in keep.split("-") if p)[:48]
+
+
+def _parent(args: argparse.Namespace) -> int:
+    """Header, the kernel tables (child processes per allocator setting), the --models
+    section; everything printed is also saved under the results folder."""
+    import contextlib
+    import io
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    buf = io.StringIO()
+    real = sys.stdout
+
+    class _Both(io.TextIOBase):
+        def write(self, text: str) -> int:
+            real.write(text)
+            buf.write(text)
+            return len(text)
+
+        def flush(self) -> None:
+            real.flush()
+
+    rc = 0
+    with contextlib.redirect_stdout(_Both()):
+        for line in header_lines(torch.get_num_threads()):
+            print(line)
+        if not args.models_only:
+            rc = _tables(args)
+        if args.models or args.models_only:
+            from . import bench_models
+
+            rows = bench_models.run_models(args.model_steps)
+            cont = None if args.no_contention else bench_models.contention(args.model_steps)
+            print("\n".join(bench_models.report(rows, cont)))
+    out_dir = _results_dir(args)
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d-%H%M%S")
+        name = f"{stamp}-{_slug(cpu_model())}-{args.dtype}-t{torch.get_num_threads()}.txt"
+        path = os.path.join(out_dir, name)
+        with open(path, "w") as f:
+            f.write(buf.getvalue())
+        print(f"raw output saved to {path}")
+    return rc
 
 
 def _finish(args: argparse.Namespace, rows: list[dict]) -> int:
@@ -349,7 +472,7 @@ def _finish(args: argparse.Namespace, rows: list[dict]) -> int:
 
 def _print_cold() -> None:
     c = cold_start()
-    for label, d in (("cached build", c["cached"]), ("fresh cache (compiles)", c["fresh_cache"])):
+    for label, d in (("kernels built at install", c["new_process"]),):
         print(
             f"cold start, new process, {label}: import torch {d['import_torch_ms']:.0f} ms, "
             f"import batchnorm {d['import_batchnorm_ms']:.0f} ms, first BatchNorm2d call "

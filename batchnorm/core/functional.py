@@ -375,6 +375,53 @@ def _small_batch_running(
     return eval_forward(input, weight, bias, running_mean, running_var, eps, axis)
 
 
+def _plain_train(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float | None,
+    eps: float,
+    axis: int,
+    num_batches_tracked: Tensor | None,
+    store_unbiased: bool,
+    skipped_updates: Tensor | None,
+) -> Tensor | None:
+    """The plain training step (no mask, correction or process group, more than one value per
+    channel) where the input's kernel set does it in one op (``Kernels.train``): steps 1-2
+    and their backward in one call, then step 3. None where it does not apply: the general
+    path below takes the call. The same results as that path; fewer Python steps per call
+    (a small layer's step is mostly per-call cost)."""
+    track = running_mean is not None and running_var is not None
+    if track and momentum is None and num_batches_tracked is None:
+        return None  # the general path raises its error
+    input = _torch_layout(input)  # torch's output memory format
+    kern = kernels.get(input, axis)
+    if kern.train is None or count_per_channel(input, axis) < 2:
+        return None
+    if track and not torch.compiler.is_compiling():
+        assert running_mean is not None and running_var is not None
+        if kern.buffers_fit is not None and kern.buffers_fit(
+            running_mean, running_var, momentum, num_batches_tracked, skipped_updates
+        ):
+            # Step 3 in the same call (eager; a compiled graph keeps the update its own op).
+            cumulative = momentum is None
+            return kern.train(
+                input, weight, bias, eps, axis, running_mean, running_var, num_batches_tracked,
+                skipped_updates, 0.0 if cumulative else float(momentum), cumulative,  # type: ignore[arg-type]
+                store_unbiased,
+            )[0]  # fmt: skip
+    y, mean, var, _ = kern.train(input, weight, bias, eps, axis)
+    if track:
+        assert running_mean is not None and running_var is not None
+        kernels.for_buffers(running_mean).running_update(
+            running_mean, running_var, mean, var, count_per_channel(input, axis), momentum,
+            num_batches_tracked, store_unbiased, skipped_updates,
+        )  # fmt: skip
+    return y
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -463,19 +510,19 @@ def batch_norm(
         >>> y = batch_norm(x, rm, rv, training=True)
     """
     mode = graph_mode(input, weight, bias)
-    with _untraced(mode):
-        axis = validate.check_inputs(
-            input,
-            running_mean,
-            running_var,
-            weight,
-            bias,
-            training,
-            momentum,
-            eps,
-            axis,
-            check_count=False,
-        )
+    checks = (input, running_mean, running_var, weight, bias, training, momentum, eps, axis)
+    if mode == "jit":
+        with _untraced(mode):
+            axis = validate.check_inputs(*checks, check_count=False)
+    else:  # (no context manager: this runs on every call)
+        axis = validate.check_inputs(*checks, check_count=False)
+    if training and mode is None and mask is None and correction is None and process_group is None:
+        y = _plain_train(
+            input, running_mean, running_var, weight, bias, momentum, eps, axis,
+            num_batches_tracked, store_unbiased, skipped_updates,
+        )  # fmt: skip
+        if y is not None:
+            return y
     validate.check_small_batch(small_batch)
     if mode is not None and not (mode == "export" and training):
         # Training under torch.export keeps the kernel ops (they have fake implementations).

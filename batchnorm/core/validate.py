@@ -185,30 +185,47 @@ def check_inputs(
             ``RuntimeError``, as torch) for running statistics given alone or missing in
             evaluation, a parameter with the wrong number of channels or on another device.
     """
-    if not isinstance(input, Tensor):
-        raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
-    if not input.is_floating_point():
-        raise BatchNormTypeError(
-            f"batch_norm expects a floating-point input, got dtype={input.dtype}; "
-            "convert it first, e.g. x.float()"
-        )
-    if input.ndim < 2:
-        raise ValueError(
-            f"batch_norm expects an input of rank >= 2 (batch, channels, ...), got shape "
-            f"{tuple(input.shape)}; add a batch axis, e.g. x.unsqueeze(0)"
-        )
-    axis = normalize_axis(axis, input.ndim)
-    check_eps(eps)
-    if training:  # as torch: a momentum is only ever used to update in training
-        check_momentum(momentum)
-    if (running_mean is None) != (running_var is None):
-        raise BatchNormError("running_mean and running_var must be given together or both be None")
-    if not training and running_mean is None:
-        raise BatchNormError(
-            "batch_norm in evaluation mode (training=False) needs running_mean and running_var; "
-            "pass them, or use training=True to normalize with the batch's own statistics"
-        )
+    fast = (
+        isinstance(input, Tensor)
+        and input.is_floating_point()
+        and input.ndim >= 2
+        and -input.ndim <= axis < input.ndim
+        and eps > 0
+        and (not training or momentum is None or 0.0 <= momentum <= 1.0)
+        and (running_mean is None) == (running_var is None)
+        and (training or running_mean is not None)
+    )
+    if fast:  # the common case, in one expression: this runs on every call
+        axis = axis % input.ndim
+    else:  # the same checks one by one, each with its message
+        if not isinstance(input, Tensor):
+            raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
+        if not input.is_floating_point():
+            raise BatchNormTypeError(
+                f"batch_norm expects a floating-point input, got dtype={input.dtype}; "
+                "convert it first, e.g. x.float()"
+            )
+        if input.ndim < 2:
+            raise ValueError(
+                f"batch_norm expects an input of rank >= 2 (batch, channels, ...), got shape "
+                f"{tuple(input.shape)}; add a batch axis, e.g. x.unsqueeze(0)"
+            )
+        axis = normalize_axis(axis, input.ndim)
+        check_eps(eps)
+        if training:  # as torch: a momentum is only ever used to update in training
+            check_momentum(momentum)
+        if (running_mean is None) != (running_var is None):
+            raise BatchNormError(
+                "running_mean and running_var must be given together or both be None"
+            )
+        if not training and running_mean is None:
+            raise BatchNormError(
+                "batch_norm in evaluation mode (training=False) needs running_mean and running_var; "
+                "pass them, or use training=True to normalize with the batch's own statistics"
+            )
     channels = input.shape[axis]
+    # Cheaper to compare than torch.device objects: the index (-1 on CPU and meta) and flags.
+    where = (input.get_device(), input.is_cpu, input.is_cuda)
     for name, t in (
         ("running_mean", running_mean),
         ("running_var", running_var),
@@ -217,6 +234,10 @@ def check_inputs(
     ):
         if t is None:
             continue
+        if type(t) is Tensor or type(t) is torch.nn.Parameter:
+            here = (t.get_device(), t.is_cpu, t.is_cuda)
+            if t.numel() == channels and here == where and t.is_floating_point():
+                continue  # the common case, decided with three cheap calls
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
         if t.numel() != channels:

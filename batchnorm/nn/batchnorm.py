@@ -242,14 +242,23 @@ class BatchNorm(_BatchNorm):
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """Normalize ``input``; ``mask`` (bool, True = valid) restricts the statistics."""
         self._check_input_dim(input)
+        # Parameters and buffers read from their dicts once (nn.Module.__getattr__ costs about
+        # half a microsecond a name, and a small layer's step is mostly per-call cost).
+        params, buffers = self._parameters, self._buffers
+        running_mean, running_var = buffers.get("running_mean"), buffers.get("running_var")
+        weight = params["weight"] if "weight" in params else getattr(self, "weight", None)
+        bias = params["bias"] if "bias" in params else getattr(self, "bias", None)
         # As torch.nn: batch statistics in training, and in eval when there are no running
         # statistics; buffers are passed (and so updated) only when they are tracked.
-        no_stats = self.running_mean is None and self.running_var is None
+        no_stats = running_mean is None and running_var is None
         if self.stats_mode is None:
             use_batch_stats = self.training or no_stats
             update = self.training and self.track_running_stats
-            if update and torch.is_grad_enabled() and self.affine and not self._warned_frozen:
-                if frozen_params_updating(self):
+            if update and self.affine and not self._warned_frozen and torch.is_grad_enabled():
+                trainable = (weight is not None and weight.requires_grad) or (
+                    bias is not None and bias.requires_grad
+                )
+                if not trainable and frozen_params_updating(self):
                     self._warned_frozen = True  # once per layer
                     warn_frozen_params_updating(self)
         else:
@@ -258,15 +267,15 @@ class BatchNorm(_BatchNorm):
         pass_buffers = update or not use_batch_stats
         return F.batch_norm(
             input,
-            self.running_mean if pass_buffers else None,
-            self.running_var if pass_buffers else None,
-            self.weight,
-            self.bias,
+            running_mean if pass_buffers else None,
+            running_var if pass_buffers else None,
+            weight,
+            bias,
             use_batch_stats,
             self.momentum,
             self.eps,
             axis=self.axis,
-            num_batches_tracked=self.num_batches_tracked if update else None,
+            num_batches_tracked=buffers.get("num_batches_tracked") if update else None,
             store_unbiased=self.store_unbiased,
             skipped_updates=self.skipped_updates if update else None,
             mask=mask,

@@ -52,6 +52,10 @@ NormalizeStatsFn = Callable[
 BackwardElemtStatsFn = Callable[
     [Tensor, Tensor, int, Tensor, Tensor, "Tensor | None", Tensor, Tensor, int], Tensor
 ]
+TrainFn = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]
+BuffersFitFn = Callable[
+    [Tensor, Tensor, "float | Tensor | None", "Tensor | None", "Tensor | None"], bool
+]
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,16 @@ class Kernels:
       ``proj = sum_dy_xmu / count * inv_std^2`` (eq. 12).
 
     Both must give the bits of the core's composition (tested).
+
+    - ``train(x, weight, bias, eps, axis[, running_mean, running_var, num_batches_tracked,
+      skipped_updates, momentum, cumulative, store_unbiased]) -> (y, mean, var, inv_std)``:
+      the whole plain training forward (``stats`` then ``normalize_stats``) in one call,
+      differentiable in ``x``, ``weight`` and ``bias`` with the closed-form backward (eq. 9,
+      10, 12), to any order; ``mean``, ``var`` and ``inv_std`` are not differentiable. Given
+      running buffers it also runs ``running_update`` on them (momentum as a float,
+      ``cumulative`` for ``momentum=None``), where ``buffers_fit`` says it can. None: the
+      core runs the steps itself. Used where no mask, correction or process group changes a
+      step.
     """
 
     name: str
@@ -84,6 +98,8 @@ class Kernels:
     running_update: RunningUpdateFn
     normalize_stats: NormalizeStatsFn | None = None
     backward_elemt_stats: BackwardElemtStatsFn | None = None
+    train: TrainFn | None = None
+    buffers_fit: BuffersFitFn | None = None
 
 
 NATIVE = Kernels(
@@ -136,25 +152,36 @@ def for_buffers(buffer: torch.Tensor) -> Kernels:
     return NATIVE
 
 
-# The fast CPU set (cpu.cpp as torch.library custom ops). Importing it defines the ops only;
-# the library is built or loaded on the first supports() call, and where that is impossible
-# supports() is False and NATIVE runs.
+# The fast CPU set: the batchnorm::* ops of the library built at install (csrc/, setup.py),
+# verified and loaded here; where it is absent or refused, CPU tensors get NATIVE and
+# info() says why.
 from . import _cpu  # noqa: E402
 
-register(
-    "cpu",
-    Kernels(
-        name="cpu",
-        supports=_cpu.supports,
-        stats=_cpu.stats,
-        normalize=_cpu.normalize,
-        backward_reduce=_cpu.backward_reduce,
-        backward_elemt=_cpu.backward_elemt,
-        running_update=_cpu.running_update,
-        normalize_stats=_cpu.normalize_stats,
-        backward_elemt_stats=_cpu.backward_elemt_stats,
-    ),
-)
+if _cpu.load():
+    _ops = torch.ops.batchnorm
+    register(
+        "cpu",
+        Kernels(
+            name="cpu",
+            supports=_cpu.supports,
+            stats=_ops.stats,
+            normalize=_ops.normalize,
+            backward_reduce=_ops.backward_reduce,
+            backward_elemt=_ops.backward_elemt,
+            running_update=_cpu.running_update,
+            normalize_stats=_ops.normalize_stats,
+            backward_elemt_stats=_ops.backward_elemt_stats,
+            train=_ops.train,
+            buffers_fit=_cpu.buffers_fit,
+        ),
+    )
+
+
+def info() -> dict[str, str]:
+    """Which CPU path this process runs: ``{"path": "kernels" | "torch ops", "isa", "reason"}``
+    (the compiled kernels and the instruction set they use, or why torch ops run instead)."""
+    return _cpu.info()
+
 
 # The Triton set for CUDA (triton/, the [gpu] extra): registered where triton is installed;
 # triton itself is imported on the first CUDA call, and supports() declines what it cannot run.
@@ -170,6 +197,7 @@ __all__ = [
     "enabled",
     "for_buffers",
     "get",
+    "info",
     "jit_tracing",
     "plain_eager",
     "register",

@@ -1,9 +1,14 @@
-// Fast CPU kernels for the four batch-norm primitives (see batchnorm/kernels/__init__.py).
+// The batch-norm kernels (the primitives of batchnorm/core/kernels/__init__.py), in plain C++.
 //
-// Plain C ABI, no torch headers: the library compiles in about a second and is called
-// through ctypes from batchnorm/kernels/_cpu.py, which wraps each primitive in a
-// torch.library custom op. Threads come from the OpenMP runtime torch itself loaded
-// (libgomp.so.1), with the count torch.get_num_threads() passed in on every call.
+// No torch headers: this file is compiled several times, once per instruction set
+// (setup.py: kernels.cpp itself for the baseline, isa_avx2.cpp and isa_avx512.cpp include it
+// with BN_ISA set and their own -m flags), and everything here has internal linkage (the
+// anonymous namespace, no std:: templates), so the copies cannot replace each other at link
+// time (an AVX-512 copy of an inline std:: function chosen for a baseline caller would fault
+// on a CPU without it). Each copy exports one table of entry points (kernel_table.h); ops.cpp
+// picks the table the CPU supports at load time and registers the torch ops. Threads come from
+// torch's own pool through the table's `bn_par` callback (at::parallel_for): one chunk per
+// thread, and one thread for anything under kGrain elements, as ATen does.
 //
 // Every supported input is seen as (outer, C, inner), dense:
 //   inner > 1  "planar":      NCHW / NCL / NCDHW contiguous; runs of `inner` values of one
@@ -23,22 +28,61 @@
 //   normalize / backward_elemt: x - mean as (x - hi) - lo with hi = acc(mean),
 //          lo = acc(mean - hi), in the accumulation type (float for float/bf16/half).
 //   backward_reduce: sums of dy and dy * (x - mean) in float64.
+//   The partial sums are per chunk and the chunks depend only on the thread count, so a
+//   result is the same from call to call.
 
-#include <algorithm>
-#include <cmath>
+#include <cstddef>
 #include <cstdint>
-#include <cstring>
-#include <type_traits>
-#include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
+#include "kernel_table.h"
+
+#ifndef BN_ISA
+#define BN_ISA baseline
 #endif
+#define BN_CAT2(a, b) a##b
+#define BN_CAT(a, b) BN_CAT2(a, b)
+#define BN_STR2(a) #a
+#define BN_STR(a) BN_STR2(a)
 
 namespace {
 
-// Below this many elements one thread does the whole job: waking a team costs more.
-constexpr int64_t kSerialBelow = 1 << 15;
+// Below this many elements per thread, fewer threads: waking one costs more than it saves
+// (ATen's GRAIN_SIZE).
+constexpr int64_t kGrain = 1 << 15;
+
+// What the std:: helpers would be, with internal linkage (see the top of the file).
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+inline double dmax(double a, double b) { return a > b ? a : b; }
+inline float bn_sqrt(float v) { return __builtin_sqrtf(v); }
+inline double bn_sqrt(double v) { return __builtin_sqrt(v); }
+template <int N> struct IC { static constexpr int value = N; };
+template <typename A, typename B> struct Same { static constexpr bool value = false; };
+template <typename A> struct Same<A, A> { static constexpr bool value = true; };
+
+// A zero-filled array of n values (std::vector without its out-of-line template code).
+template <typename T>
+struct Buf {
+  T* p;
+  explicit Buf(int64_t n) : p(new T[n > 0 ? n : 1]()) {}
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  ~Buf() { delete[] p; }
+  T* data() { return p; }
+  const T* data() const { return p; }
+  T& operator[](int64_t i) { return p[i]; }
+  const T& operator[](int64_t i) const { return p[i]; }
+};
+
+// Run f(0..n) on torch's threads (par->run), or here when n == 1.
+template <typename F>
+inline void run_chunks(const bn_par* par, int64_t n, F& f) {
+  if (n <= 1 || par == nullptr || par->run == nullptr) {
+    for (int64_t i = 0; i < n; ++i) f(i);
+    return;
+  }
+  par->run(par->ctx, n, &f, [](void* state, int64_t i) { (*static_cast<F*>(state))(i); });
+}
 
 struct bf16 {
   uint16_t bits;
@@ -51,12 +95,12 @@ struct f16 {
 
 inline float bits_to_float(uint32_t u) {
   float f;
-  std::memcpy(&f, &u, 4);
+  __builtin_memcpy(&f, &u, 4);
   return f;
 }
 inline uint32_t float_to_bits(float f) {
   uint32_t u;
-  std::memcpy(&u, &f, 4);
+  __builtin_memcpy(&u, &f, 4);
   return u;
 }
 
@@ -77,7 +121,7 @@ inline float to_acc(f16 v) {
 inline float to_acc(bf16 v) {
   uint32_t u = static_cast<uint32_t>(v.bits) << 16;
   float f;
-  std::memcpy(&f, &u, 4);
+  __builtin_memcpy(&f, &u, 4);
   return f;
 }
 
@@ -100,9 +144,9 @@ inline void from_acc(float v, f16* out) {
 inline void from_acc(float v, bf16* out) {
   // Round to nearest even, as torch does; NaN stays a quiet NaN.
   uint32_t u;
-  std::memcpy(&u, &v, 4);
+  __builtin_memcpy(&u, &v, 4);
   uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  out->bits = static_cast<uint16_t>(std::isnan(v) ? 0x7FC0u : r);
+  out->bits = static_cast<uint16_t>(__builtin_isnan(v) ? 0x7FC0u : r);
 }
 
 template <typename T> struct Acc { typedef float type; };
@@ -118,27 +162,23 @@ inline void split(double mean, A* hi, A* lo) {
 // The per-channel float64 means split into hi + lo in the accumulation type (see split).
 template <typename A>
 struct SplitMeans {
-  std::vector<A> hi, lo;
+  Buf<A> hi, lo;
   SplitMeans(const double* mean, int64_t C) : hi(C), lo(C) {
     for (int64_t c = 0; c < C; ++c) split(mean[c], &hi[c], &lo[c]);
   }
 };
 
-inline int team_size(int nt, int64_t work) { return (nt > 1 && work >= kSerialBelow) ? nt : 1; }
+// How many chunks (threads) a job of `work` elements gets: at least kGrain elements each.
+inline int team_size(const bn_par* par, int64_t work) {
+  const int64_t nt = par ? par->nthreads : 1;
+  return static_cast<int>(imax(1, imin(nt, work / kGrain)));
+}
 
 // Thread `tid` of `nth` gets [begin, end) of [0, total).
-inline void my_range(int64_t total, int tid, int nth, int64_t* begin, int64_t* end) {
+inline void my_range(int64_t total, int64_t tid, int64_t nth, int64_t* begin, int64_t* end) {
   *begin = total * tid / nth;
   *end = total * (tid + 1) / nth;
 }
-
-#ifdef _OPENMP
-#define BN_TID omp_get_thread_num()
-#define BN_NTH omp_get_num_threads()
-#else
-#define BN_TID 0
-#define BN_NTH 1
-#endif
 
 // 8 values as float64 lanes (GCC/Clang vector extensions: explicit, portable SIMD; the
 // auto-vectoriser gives up on these float -> double reductions).
@@ -148,14 +188,14 @@ typedef float vf16 __attribute__((vector_size(64)));
 
 inline vd8 load8(const double* p) {
   vd8 v;
-  std::memcpy(&v, p, sizeof v);
+  __builtin_memcpy(&v, p, sizeof v);
   return v;
 }
 // As many values of T as V has float lanes (V = vf8 or vf16).
 template <typename V>
 inline V loadv(const float* p) {
   V v;
-  std::memcpy(&v, p, sizeof v);
+  __builtin_memcpy(&v, p, sizeof v);
   return v;
 }
 // The 16-bit and 32-bit integer vectors with as many lanes as V.
@@ -173,10 +213,10 @@ inline V loadv(const bf16* p) {  // bf16 is the top half of a float
   typedef typename Lanes<V>::H H;
   typedef typename Lanes<V>::U U;
   H h;
-  std::memcpy(&h, p, sizeof h);
+  __builtin_memcpy(&h, p, sizeof h);
   const U u = __builtin_convertvector(h, U) << 16;
   V v;
-  std::memcpy(&v, &u, sizeof v);
+  __builtin_memcpy(&v, &u, sizeof v);
   return v;
 }
 template <typename V>
@@ -255,8 +295,8 @@ inline void interleaved_sums(int64_t r0, int64_t r1, int64_t C, double* s1, doub
       vd8 a1 = load8(s1 + c), a2 = load8(s2 + c);
       a1 += (d0 + d1) + (d2 + d3);
       a2 += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
-      std::memcpy(s1 + c, &a1, sizeof a1);
-      std::memcpy(s2 + c, &a2, sizeof a2);
+      __builtin_memcpy(s1 + c, &a1, sizeof a1);
+      __builtin_memcpy(s2 + c, &a2, sizeof a2);
     }
     for (; c < C; ++c)
       for (int j = 0; j < 4; ++j) {
@@ -289,8 +329,8 @@ inline void interleaved_grad_sums(int64_t r0, int64_t r1, int64_t C, const T* dy
         a1 += g;
         a2 += g * (load8(x + e) - mv);
       }
-      std::memcpy(s1 + c, &a1, sizeof a1);
-      std::memcpy(s2 + c, &a2, sizeof a2);
+      __builtin_memcpy(s1 + c, &a1, sizeof a1);
+      __builtin_memcpy(s2 + c, &a2, sizeof a2);
     }
     for (; c < C; ++c)
       for (int j = 0; j < 4; ++j) {
@@ -325,7 +365,7 @@ template <typename T>
 inline vf16 loadf(const T* p) {
   return loadv<vf16>(p);
 }
-inline void storef(float* p, vf16 v) { std::memcpy(p, &v, sizeof v); }
+inline void storef(float* p, vf16 v) { __builtin_memcpy(p, &v, sizeof v); }
 template <typename H>  // bf16, f16: rounded one by one (from_acc)
 inline void storef(H* p, vf16 v) {
   for (int j = 0; j < 16; ++j) from_acc(v[j], p + j);
@@ -370,14 +410,14 @@ template <int Widest, typename Tile, typename Tail>
 inline void tiled_rows(int64_t r0, int64_t r1, int64_t C, Tile tile, Tail tail) {
   const int64_t cv = C / kVec * kVec;
   for (int64_t rb = r0; rb < r1; rb += kBlockRows) {
-    const int64_t re = std::min(rb + kBlockRows, r1);
+    const int64_t re = imin(rb + kBlockRows, r1);
     int64_t c0 = 0;
     for (; c0 + Widest * kVec <= cv; c0 += Widest * kVec)
-      tile(std::integral_constant<int, Widest>(), rb, re, c0);
-    if (Widest > 8 && c0 + 8 * kVec <= cv) tile(std::integral_constant<int, 8>(), rb, re, c0), c0 += 8 * kVec;
-    if (c0 + 4 * kVec <= cv) tile(std::integral_constant<int, 4>(), rb, re, c0), c0 += 4 * kVec;
-    if (c0 + 2 * kVec <= cv) tile(std::integral_constant<int, 2>(), rb, re, c0), c0 += 2 * kVec;
-    if (c0 + kVec <= cv) tile(std::integral_constant<int, 1>(), rb, re, c0), c0 += kVec;
+      tile(IC<Widest>(), rb, re, c0);
+    if (Widest > 8 && c0 + 8 * kVec <= cv) tile(IC<8>(), rb, re, c0), c0 += 8 * kVec;
+    if (c0 + 4 * kVec <= cv) tile(IC<4>(), rb, re, c0), c0 += 4 * kVec;
+    if (c0 + 2 * kVec <= cv) tile(IC<2>(), rb, re, c0), c0 += 2 * kVec;
+    if (c0 + kVec <= cv) tile(IC<1>(), rb, re, c0), c0 += kVec;
     if (cv < C) tail(rb, re, cv);
   }
 }
@@ -438,15 +478,14 @@ inline void interleaved_grad_sums_f32(const T* dy, const T* x, int64_t r0, int64
 // planar_run(c, offset, length, s1*, s2*) accumulates one contiguous run of channel c;
 // interleaved_rows(row_begin, row_end, s1[C], s2[C]) a block of rows of C channels.
 template <typename PlanarRun, typename InterleavedRows>
-void reduce(int64_t outer, int64_t C, int64_t inner, int nt, double* out1, double* out2,
+void reduce(int64_t outer, int64_t C, int64_t inner, const bn_par* par, double* out1, double* out2,
             PlanarRun planar_run, InterleavedRows interleaved_rows) {
   const int64_t total = outer * C * inner;
-  const int team = team_size(nt, total);
-  std::vector<double> part(static_cast<size_t>(team) * 2 * C, 0.0);
-#pragma omp parallel num_threads(team) if (team > 1)
-  {
-    const int tid = BN_TID, nth = BN_NTH;
-    double* p1 = part.data() + static_cast<size_t>(tid) * 2 * C;
+  const int team = team_size(par, total);
+  Buf<double> part(static_cast<int64_t>(team) * 2 * C);
+  auto chunk = [&](int64_t tid) {
+    const int nth = team;
+    double* p1 = part.data() + tid * 2 * C;
     double* p2 = p1 + C;
     int64_t begin, end;
     if (inner > 1) {
@@ -454,7 +493,7 @@ void reduce(int64_t outer, int64_t C, int64_t inner, int nt, double* out1, doubl
       int64_t e = begin;
       while (e < end) {
         const int64_t row = e / inner, off = e - row * inner;
-        const int64_t len = std::min(inner - off, end - e);
+        const int64_t len = imin(inner - off, end - e);
         const int64_t c = row % C;
         planar_run(c, e, len, p1 + c, p2 + c);
         e += len;
@@ -463,12 +502,13 @@ void reduce(int64_t outer, int64_t C, int64_t inner, int nt, double* out1, doubl
       my_range(outer, tid, nth, &begin, &end);
       interleaved_rows(begin, end, p1, p2);
     }
-  }
+  };
+  run_chunks(par, team, chunk);
   for (int64_t c = 0; c < C; ++c) {
     double s1 = 0, s2 = 0;
     for (int t = 0; t < team; ++t) {
-      s1 += part[static_cast<size_t>(t) * 2 * C + c];
-      s2 += part[static_cast<size_t>(t) * 2 * C + C + c];
+      s1 += part[static_cast<int64_t>(t) * 2 * C + c];
+      s2 += part[static_cast<int64_t>(t) * 2 * C + C + c];
     }
     out1[c] = s1;
     out2[c] = s2;
@@ -477,14 +517,14 @@ void reduce(int64_t outer, int64_t C, int64_t inner, int nt, double* out1, doubl
 
 template <typename T>
 void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean,
-           typename Acc<T>::type* var, int nt) {
-  std::vector<double> K(C);
+           typename Acc<T>::type* var, const bn_par* par) {
+  Buf<double> K(C);
   for (int64_t c = 0; c < C; ++c) K[c] = static_cast<double>(to_acc(x[c * inner]));
-  if (!std::is_same<T, double>::value && inner == 1 && C >= kVec) {
+  if (!Same<T, double>::value && inner == 1 && C >= kVec) {
     // The float32 row blocks: K = the mean of the first rows, rounded to float32, so that
     // sum(d) is small and var = (S2 - S1^2/m)/m does not amplify the blocks' rounding. Still
     // within the samples' range, and exact (K = x) on a constant channel.
-    const int64_t rows = std::min<int64_t>(outer, kBlockRows);
+    const int64_t rows = imin(outer, kBlockRows);
     for (int64_t c = 0; c < C; ++c) {
       double s = 0;
       for (int64_t r = 0; r < rows; ++r) s += static_cast<double>(to_acc(x[r * C + c]));
@@ -492,16 +532,17 @@ void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean,
     }
   }
   const double* k = K.data();
-  std::vector<float> KF(K.begin(), K.end());  // exact: K is a float32 value
+  Buf<float> KF(C);  // exact: K is a float32 value
+  for (int64_t c = 0; c < C; ++c) KF[c] = static_cast<float>(K[c]);
   const float* kf = KF.data();
-  std::vector<double> s1(C), s2(C);
+  Buf<double> s1(C), s2(C);
   reduce(
-      outer, C, inner, nt, s1.data(), s2.data(),
+      outer, C, inner, par, s1.data(), s2.data(),
       [&](int64_t c, int64_t e, int64_t len, double* a1, double* a2) {
         shifted_sums(x + e, len, k[c], a1, a2);
       },
       [&](int64_t r0, int64_t r1, double* a1, double* a2) {
-        if constexpr (!std::is_same<T, double>::value)
+        if constexpr (!Same<T, double>::value)
           if (C >= kVec) return interleaved_sums_f32(x, r0, r1, C, kf, k, a1, a2);
         interleaved_sums(r0, r1, C, a1, a2, [&](int64_t r, int64_t c) {
           return load8(x + r * C + c) - load8(k + c);
@@ -513,26 +554,26 @@ void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean,
   for (int64_t c = 0; c < C; ++c) {
     const double d_mean = s1[c] / m;
     mean[c] = k[c] + d_mean;
-    var[c] = static_cast<typename Acc<T>::type>(std::max((s2[c] - s1[c] * d_mean) / m, 0.0));
+    var[c] = static_cast<typename Acc<T>::type>(dmax((s2[c] - s1[c] * d_mean) / m, 0.0));
   }
 }
 
 template <typename T>
 void backward_reduce(const T* dy, const T* x, int64_t outer, int64_t C, int64_t inner,
                      const double* mean, typename Acc<T>::type* sum_dy,
-                     typename Acc<T>::type* sum_dy_xmu, int nt) {
-  std::vector<double> o1(C), o2(C);
-  std::vector<float> HI(C), LO(C);
+                     typename Acc<T>::type* sum_dy_xmu, const bn_par* par) {
+  Buf<double> o1(C), o2(C);
+  Buf<float> HI(C), LO(C);
   for (int64_t c = 0; c < C; ++c) split(mean[c], &HI[c], &LO[c]);
   const float* hi = HI.data();
   const float* lo = LO.data();
   reduce(
-      outer, C, inner, nt, o1.data(), o2.data(),
+      outer, C, inner, par, o1.data(), o2.data(),
       [&](int64_t c, int64_t e, int64_t len, double* a1, double* a2) {
         grad_sums(dy + e, x + e, len, mean[c], a1, a2);
       },
       [&](int64_t r0, int64_t r1, double* a1, double* a2) {
-        if constexpr (!std::is_same<T, double>::value)
+        if constexpr (!Same<T, double>::value)
           if (C >= kVec) return interleaved_grad_sums_f32(dy, x, r0, r1, C, hi, lo, mean, a1, a2);
         interleaved_grad_sums(r0, r1, C, dy, x, mean, a1, a2);
       });
@@ -550,20 +591,19 @@ void backward_reduce(const T* dy, const T* x, int64_t outer, int64_t C, int64_t 
 // 64-256 values spent much of its time in alignment peeling and remainder code, measured
 // 1.1-1.3 copy times against 0.9 for the planar runs.)
 template <typename PlanarRun, typename InterleavedRow>
-void elementwise(int64_t outer, int64_t C, int64_t inner, int nt, PlanarRun planar_run,
+void elementwise(int64_t outer, int64_t C, int64_t inner, const bn_par* par, PlanarRun planar_run,
                  InterleavedRow interleaved_row) {
   const int64_t total = outer * C * inner;
-  const int team = team_size(nt, total);
-#pragma omp parallel num_threads(team) if (team > 1)
-  {
-    const int tid = BN_TID, nth = BN_NTH;
+  const int team = team_size(par, total);
+  auto chunk = [&](int64_t tid) {
+    const int nth = team;
     int64_t begin, end;
     if (inner > 1) {
       my_range(total, tid, nth, &begin, &end);
       int64_t e = begin;
       while (e < end) {
         const int64_t row = e / inner, off = e - row * inner;
-        const int64_t len = std::min(inner - off, end - e);
+        const int64_t len = imin(inner - off, end - e);
         planar_run(row % C, e, len);
         e += len;
       }
@@ -571,19 +611,20 @@ void elementwise(int64_t outer, int64_t C, int64_t inner, int nt, PlanarRun plan
       my_range(outer, tid, nth, &begin, &end);
       for (int64_t r = begin; r < end; ++r) interleaved_row(r * C);
     }
-  }
+  };
+  run_chunks(par, team, chunk);
 }
 
 // y = ((x - hi) - lo) * scale + shift
 template <typename T>
 void normalize(const T* x, T* y, int64_t outer, int64_t C, int64_t inner, const double* mean,
-               const typename Acc<T>::type* scale, const typename Acc<T>::type* shift, int nt) {
+               const typename Acc<T>::type* scale, const typename Acc<T>::type* shift, const bn_par* par) {
   typedef typename Acc<T>::type A;
   const SplitMeans<A> m(mean, C);
   const A* hi = m.hi.data();
   const A* lo = m.lo.data();
   elementwise(
-      outer, C, inner, nt,
+      outer, C, inner, par,
       [&](int64_t c, int64_t e, int64_t len) {
         const A h = hi[c], l = lo[c], s = scale[c], b = shift[c];
         const T* p = x + e;
@@ -595,7 +636,7 @@ void normalize(const T* x, T* y, int64_t outer, int64_t C, int64_t inner, const 
         const T* p = x + e;
         T* q = y + e;
         int64_t c = 0;
-        if constexpr (!std::is_same<T, double>::value)  // explicit vectors: see elementwise
+        if constexpr (!Same<T, double>::value)  // explicit vectors: see elementwise
           for (; c + kVec <= C; c += kVec)
             storef(q + c, ((loadf(p + c) - loadf(hi + c)) - loadf(lo + c)) * loadf(scale + c) + loadf(shift + c));
 #pragma omp simd
@@ -608,13 +649,13 @@ void normalize(const T* x, T* y, int64_t outer, int64_t C, int64_t inner, const 
 template <typename T>
 void backward_elemt(const T* dy, const T* x, T* dx, int64_t outer, int64_t C, int64_t inner,
                     const double* mean, const typename Acc<T>::type* k,
-                    const typename Acc<T>::type* mean_dy, const typename Acc<T>::type* proj, int nt) {
+                    const typename Acc<T>::type* mean_dy, const typename Acc<T>::type* proj, const bn_par* par) {
   typedef typename Acc<T>::type A;
   const SplitMeans<A> m(mean, C);
   const A* hi = m.hi.data();
   const A* lo = m.lo.data();
   elementwise(
-      outer, C, inner, nt,
+      outer, C, inner, par,
       [&](int64_t c, int64_t e, int64_t len) {
         const A h = hi[c], l = lo[c], kk = k[c], md = mean_dy[c], pr = proj[c];
         const T* g = dy + e;
@@ -629,7 +670,7 @@ void backward_elemt(const T* dy, const T* x, T* dx, int64_t outer, int64_t C, in
         const T* p = x + e;
         T* q = dx + e;
         int64_t c = 0;
-        if constexpr (!std::is_same<T, double>::value)  // explicit vectors: see elementwise
+        if constexpr (!Same<T, double>::value)  // explicit vectors: see elementwise
           for (; c + kVec <= C; c += kVec)
             storef(q + c, loadf(k + c) * (loadf(g + c) - loadf(mean_dy + c) -
                                           ((loadf(p + c) - loadf(hi + c)) - loadf(lo + c)) * loadf(proj + c)));
@@ -651,19 +692,19 @@ template <typename T, typename M, typename V>
 void normalize_stats(const T* x, T* y, int64_t outer, int64_t C, int64_t inner, const M* mean,
                      const V* var, const typename Acc<T>::type* weight,
                      const typename Acc<T>::type* bias, double eps, typename Acc<T>::type* inv_std,
-                     int nt) {
+                     const bn_par* par) {
   typedef typename Acc<T>::type A;
-  std::vector<double> md(C);
-  std::vector<A> scale(C), shift(C);
+  Buf<double> md(C);
+  Buf<A> scale(C), shift(C);
   const A e = static_cast<A>(eps);
   for (int64_t c = 0; c < C; ++c) {
     md[c] = static_cast<double>(mean[c]);
-    const A inv = A(1) / std::sqrt(static_cast<A>(var[c]) + e);
+    const A inv = A(1) / bn_sqrt(static_cast<A>(var[c]) + e);
     inv_std[c] = inv;
     scale[c] = weight ? weight[c] * inv : inv;
     shift[c] = bias ? bias[c] : A(0);
   }
-  normalize(x, y, outer, C, inner, md.data(), scale.data(), shift.data(), nt);
+  normalize(x, y, outer, C, inner, md.data(), scale.data(), shift.data(), par);
 }
 
 // backward_elemt with k, mean_dy and proj made here as the core makes them (eq. 12):
@@ -672,9 +713,9 @@ template <typename T>
 void backward_elemt_stats(const T* dy, const T* x, T* dx, int64_t outer, int64_t C, int64_t inner,
                           const double* mean, const typename Acc<T>::type* inv_std,
                           const typename Acc<T>::type* weight, const typename Acc<T>::type* sum_dy,
-                          const typename Acc<T>::type* sum_dy_xmu, int64_t m, int nt) {
+                          const typename Acc<T>::type* sum_dy_xmu, int64_t m, const bn_par* par) {
   typedef typename Acc<T>::type A;
-  std::vector<A> k(C), mean_dy(C), proj(C);
+  Buf<A> k(C), mean_dy(C), proj(C);
   const A ma = static_cast<A>(m);
   for (int64_t c = 0; c < C; ++c) {
     const A inv = inv_std[c];
@@ -682,7 +723,7 @@ void backward_elemt_stats(const T* dy, const T* x, T* dx, int64_t outer, int64_t
     mean_dy[c] = sum_dy[c] / ma;
     proj[c] = sum_dy_xmu[c] / ma * inv * inv;
   }
-  backward_elemt(dy, x, dx, outer, C, inner, mean, k.data(), mean_dy.data(), proj.data(), nt);
+  backward_elemt(dy, x, dx, outer, C, inner, mean, k.data(), mean_dy.data(), proj.data(), par);
 }
 
 // The running-statistics update of functional.update_running_stats (docs/math.md eq. 13-16),
@@ -698,13 +739,13 @@ int running_update(R* rm, R* rv, const double* mean, const V* var, int64_t C, in
                    int64_t* skipped) {
   bool ok = true;
   for (int64_t c = 0; c < C; ++c)
-    ok = ok && std::isfinite(mean[c]) && std::isfinite(static_cast<double>(var[c]));
+    ok = ok && __builtin_isfinite(mean[c]) && __builtin_isfinite(static_cast<double>(var[c]));
   if (nbt) *nbt += ok ? 1 : 0;
   if (skipped) *skipped += ok ? 0 : 1;
   if (!ok) return 0;
   R f, g;
   if (cumulative) {
-    f = R(1) / static_cast<R>(std::max<int64_t>(*nbt, 1));
+    f = R(1) / static_cast<R>(imax(*nbt, 1));
     g = R(1) - f;
   } else {
     f = static_cast<R>(momentum);
@@ -722,9 +763,7 @@ int running_update(R* rm, R* rv, const double* mean, const V* var, int64_t C, in
   return 0;
 }
 
-}  // namespace
-
-// ------------------------------------------------------------------ C ABI
+// ------------------------------------------------------------------ the table (kernel_table.h)
 // dtype codes: 0 float32, 1 float64, 2 bfloat16, 3 float16. Return 0 on success, -1 on an
 // unknown dtype. Per-channel vectors of the accumulation type are float64 for float64 input,
 // float32 otherwise.
@@ -738,51 +777,47 @@ int running_update(R* rm, R* rv, const double* mean, const V* var, int64_t C, in
     default: return -1;                          \
   }
 
-extern "C" {
-
-int bn_abi_version() { return 4; }
-
-int bn_stats(int dtype, const void* x, int64_t outer, int64_t C, int64_t inner, double* mean,
-             void* var, int nt) {
+int t_stats(int dtype, const void* x, int64_t outer, int64_t C, int64_t inner, double* mean,
+             void* var, const bn_par* par) {
   BN_DISPATCH(stats(static_cast<const T*>(x), outer, C, inner, mean,
-                    static_cast<Acc<T>::type*>(var), nt))
+                    static_cast<Acc<T>::type*>(var), par))
 }
 
-int bn_normalize(int dtype, const void* x, void* y, int64_t outer, int64_t C, int64_t inner,
-                 const double* mean, const void* scale, const void* shift, int nt) {
+int t_normalize(int dtype, const void* x, void* y, int64_t outer, int64_t C, int64_t inner,
+                 const double* mean, const void* scale, const void* shift, const bn_par* par) {
   BN_DISPATCH(normalize(static_cast<const T*>(x), static_cast<T*>(y), outer, C, inner, mean,
                         static_cast<const Acc<T>::type*>(scale),
-                        static_cast<const Acc<T>::type*>(shift), nt))
+                        static_cast<const Acc<T>::type*>(shift), par))
 }
 
-int bn_backward_reduce(int dtype, const void* dy, const void* x, int64_t outer, int64_t C,
-                       int64_t inner, const double* mean, void* sum_dy, void* sum_dy_xmu, int nt) {
+int t_backward_reduce(int dtype, const void* dy, const void* x, int64_t outer, int64_t C,
+                       int64_t inner, const double* mean, void* sum_dy, void* sum_dy_xmu, const bn_par* par) {
   BN_DISPATCH(backward_reduce(static_cast<const T*>(dy), static_cast<const T*>(x), outer, C,
                               inner, mean, static_cast<Acc<T>::type*>(sum_dy),
-                              static_cast<Acc<T>::type*>(sum_dy_xmu), nt))
+                              static_cast<Acc<T>::type*>(sum_dy_xmu), par))
 }
 
-int bn_backward_elemt(int dtype, const void* dy, const void* x, void* dx, int64_t outer,
+int t_backward_elemt(int dtype, const void* dy, const void* x, void* dx, int64_t outer,
                       int64_t C, int64_t inner, const double* mean, const void* k,
-                      const void* mean_dy, const void* proj, int nt) {
+                      const void* mean_dy, const void* proj, const bn_par* par) {
   BN_DISPATCH(backward_elemt(static_cast<const T*>(dy), static_cast<const T*>(x),
                              static_cast<T*>(dx), outer, C, inner, mean,
                              static_cast<const Acc<T>::type*>(k),
                              static_cast<const Acc<T>::type*>(mean_dy),
-                             static_cast<const Acc<T>::type*>(proj), nt))
+                             static_cast<const Acc<T>::type*>(proj), par))
 }
 
 // normalize_stats: mdtype / vdtype 0 float32, 1 float64 (the mean and variance vectors);
 // weight, bias may be null. Returns -1 on an unknown dtype combination.
-int bn_normalize_stats(int dtype, const void* x, void* y, int64_t outer, int64_t C, int64_t inner,
+int t_normalize_stats(int dtype, const void* x, void* y, int64_t outer, int64_t C, int64_t inner,
                        int mdtype, const void* mean, int vdtype, const void* var,
-                       const void* weight, const void* bias, double eps, void* inv_std, int nt) {
+                       const void* weight, const void* bias, double eps, void* inv_std, const bn_par* par) {
 #define BN_NS(M, V)                                                                        \
   BN_DISPATCH(normalize_stats(static_cast<const T*>(x), static_cast<T*>(y), outer, C, inner, \
                               static_cast<const M*>(mean), static_cast<const V*>(var),     \
                               static_cast<const Acc<T>::type*>(weight),                  \
                               static_cast<const Acc<T>::type*>(bias), eps,               \
-                              static_cast<Acc<T>::type*>(inv_std), nt))
+                              static_cast<Acc<T>::type*>(inv_std), par))
   if (mdtype == 1 && vdtype == 0) { BN_NS(double, float) }
   if (mdtype == 1 && vdtype == 1) { BN_NS(double, double) }
   if (mdtype == 0 && vdtype == 0) { BN_NS(float, float) }
@@ -791,21 +826,21 @@ int bn_normalize_stats(int dtype, const void* x, void* y, int64_t outer, int64_t
   return -1;
 }
 
-int bn_backward_elemt_stats(int dtype, const void* dy, const void* x, void* dx, int64_t outer,
+int t_backward_elemt_stats(int dtype, const void* dy, const void* x, void* dx, int64_t outer,
                             int64_t C, int64_t inner, const double* mean, const void* inv_std,
                             const void* weight, const void* sum_dy, const void* sum_dy_xmu,
-                            int64_t m, int nt) {
+                            int64_t m, const bn_par* par) {
   BN_DISPATCH(backward_elemt_stats(static_cast<const T*>(dy), static_cast<const T*>(x),
                                    static_cast<T*>(dx), outer, C, inner, mean,
                                    static_cast<const Acc<T>::type*>(inv_std),
                                    static_cast<const Acc<T>::type*>(weight),
                                    static_cast<const Acc<T>::type*>(sum_dy),
-                                   static_cast<const Acc<T>::type*>(sum_dy_xmu), m, nt))
+                                   static_cast<const Acc<T>::type*>(sum_dy_xmu), m, par))
 }
 
 // Running update: rdtype / vdtype 0 float32, 1 float64 (running buffers / batch variance);
 // momentum is ignored when cumulative (factor 1 / num_batches_tracked, nbt required).
-int bn_running_update(int rdtype, void* rm, void* rv, int vdtype, const double* mean,
+int t_running_update(int rdtype, void* rm, void* rv, int vdtype, const double* mean,
                       const void* var, int64_t C, int64_t count, double momentum, int cumulative,
                       int store_unbiased, int64_t* nbt, int64_t* skipped) {
   if (cumulative && !nbt) return -2;
@@ -821,4 +856,13 @@ int bn_running_update(int rdtype, void* rm, void* rv, int vdtype, const double* 
   return -1;
 }
 
-}  // extern "C"
+
+const bn_kernel_table kTable = {
+    BN_KERNEL_ABI,        t_stats,          t_normalize,
+    t_backward_reduce,    t_backward_elemt, t_normalize_stats,
+    t_backward_elemt_stats, t_running_update, BN_STR(BN_ISA),
+};
+
+}  // namespace
+
+extern "C" const bn_kernel_table* BN_CAT(bn_kernels_, BN_ISA)(void) { return &kTable; }
