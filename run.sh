@@ -4,31 +4,35 @@
 #   bash run.sh test [PYTEST ARGS] the test suite
 #   bash run.sh <any batchnorm subcommand> [ARGS]
 # Set-up (idempotent): a virtual environment in .venv, the CPU build of torch if no torch is
-# there (a bare `torch` requirement could pull a multi-GB CUDA build), then this package
-# with its [dev,experiments] extras in editable mode, and triton ([gpu]) where it installs.
+# there (a bare `torch` requirement could pull a multi-GB CUDA build), then this package in
+# editable mode with what the command needs: [experiments] (matplotlib) for every command,
+# and for `test` also [dev] and triton ([gpu]) where it installs.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=${BATCHNORM_VENV:-.venv}
+if [ "${1:-}" = test ]; then extras=dev,experiments; else extras=experiments; fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment in $VENV" >&2
   "$PY" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
-stamp="$VENV/.batchnorm-installed"
+stamp="$VENV/.batchnorm-installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
     echo "[setup] installing the CPU build of torch" >&2
     "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
   fi
-  echo "[setup] installing batchnorm[dev,experiments]" >&2
-  "$VPY" -m pip install -q --disable-pip-version-check -e ".[dev,experiments]"
+  echo "[setup] installing batchnorm[$extras]" >&2
+  "$VPY" -m pip install -q --disable-pip-version-check -e ".[$extras]"
   # triton (the [gpu] extra): the tests run the CUDA kernels in its interpreter on CPU; where no
   # wheel exists for this platform those tests skip and CUDA uses torch's ops.
-  echo "[setup] installing triton ([gpu])" >&2
-  "$VPY" -m pip install -q --disable-pip-version-check -e ".[gpu]" >&2 \
-    || echo "[setup] triton not installed: the Triton kernel tests will skip" >&2
+  if [ "$extras" = dev,experiments ]; then
+    echo "[setup] installing triton ([gpu])" >&2
+    "$VPY" -m pip install -q --disable-pip-version-check -e ".[gpu]" >&2 \
+      || echo "[setup] triton not installed: the Triton kernel tests will skip" >&2
+  fi
   # Compile the fast CPU kernels once (cached per machine); without a compiler the package
   # falls back to torch ops, so this step never fails the set-up.
   "$VENV/bin/batchnorm" build-kernels >&2 || echo "[setup] fast CPU kernels not built: torch-op fallback" >&2

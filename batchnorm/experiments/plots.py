@@ -276,7 +276,7 @@ def plot_inference(
     groups: dict[str, list[dict]], modes: Sequence[tuple[str, str]], path: Path, *, title: str
 ) -> Path:
     """Bars: test accuracy of each trained network under each evaluation statistic."""
-    table = {lab: {} for _, lab in modes}
+    table: dict[str, dict[str, np.ndarray]] = {lab: {} for _, lab in modes}
     fig, ax = plt.subplots(figsize=(11, 3.8))
     width = 0.8 / max(1, len(groups))
     for j, (label, runs) in enumerate(groups.items()):
