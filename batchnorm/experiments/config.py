@@ -34,7 +34,7 @@ __all__ = ["Config", "load_preset", "add_config_arguments", "config_from_args"]
 NON_RESULT_FIELDS = ("name", "threads")
 #: Fields added after runs were published: left out of the hash while at their default, so a
 #: config that does not use them keeps its run folder (and its finished run is still reused).
-LATER_FIELDS = {"eval_first": True, "final_eval": "all"}
+LATER_FIELDS: dict[str, Any] = {"eval_first": True, "final_eval": "all", "watch_layer": False}
 #: Bumped when the training loop changes what it computes, so old runs are not reused.
 LOOP_VERSION = 2
 
@@ -84,6 +84,7 @@ class Config:
     eval_batch_size: int = 1000
     population_samples: int = 10000  # training images for recomputed statistics (0 = all)
     watch_unit: int = -1  # log percentiles of this last-hidden-layer unit's input to its activation
+    watch_layer: bool = False  # also log them for every unit of that layer ("layer_percentiles")
     # run
     seed: int = 0
     threads: int = 0  # torch threads (0 = all cores)

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="IDS",
         help="comma-separated experiment ids: article001, figure1, lr_mlp, lr_lenet, init, "
-        "dropout, batch_size, inference",
+        "dropout, batch_size, inference (the main job), depth (not in the main job: about 5 "
+        "minutes on its own), or all",
     )
     p.add_argument(
         "--dataset", default="mnist", help="mnist (default), fashion-mnist, idx or synthetic"
@@ -150,8 +151,12 @@ def reproduce(
             new = []
             for c in cfgs:
                 c = c.replace(dataset=dataset, data_dir=data_dir, threads=threads)
-                if quick:  # intermediate evaluations on 2000 test images; the final one on all
-                    c = c.replace(eval_samples=2000)
+                if quick:  # evaluations during training on 2000 test images (the last on
+                    # all), BN statistics recomputed on 2000 training images
+                    c = c.replace(
+                        eval_samples=c.eval_samples or 2000,
+                        population_samples=min(c.population_samples or 2000, 2000),
+                    )
                 if data is None:
                     data = get_dataset(c, refresh=refresh)
                 if steps_cap > 0:
@@ -163,6 +168,7 @@ def reproduce(
     manifest = {
         "command": command,
         "quick": quick,
+        "steps_cap": steps_cap,
         "dataset": dataset,
         "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
         "torch": torch.__version__,

@@ -108,12 +108,12 @@ def read_run(path: str | Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- cost model
 
-# Milliseconds on one core (a 2-core VM, torch 2.13 CPU, measured 2026-12-02): a step of the
-# sigmoid MLP 784-100-100-100-10 at batch 60 took 1.2 ms without BN and 2.0 ms with ours, the
-# 20-layer ReLU MLP with BN 7.9 ms; article 001's LeNet at batch 128 with augmentation 13.7 ms
-# without BN and 19.4 ms with it, at batch 2 with BN 2.5 ms; a LeNet forward pass 0.05 ms per
-# image (0.5 s for the 10k test images), recomputing its BN statistics 0.17 ms per image.
-# Only the progress bar's ETA depends on these numbers.
+# Milliseconds on one core (a 2-core VM, torch 2.13 CPU, measured 2026-12-02, load 1.5-3): a
+# step of the sigmoid MLP 784-100-100-100-10 at batch 60 took 0.8-1.2 ms without BN and
+# 1.7-2.0 ms with ours, the 20-layer ReLU MLP with BN 7.9 ms; article 001's LeNet at batch 128
+# 11.5 ms without BN and 16.2 ms with it (13.1-13.7 and 19.4 ms with augmentation), at batch 2
+# with BN 2.5 ms; a LeNet forward pass 0.05 ms per image (0.5 s for the 10k test images),
+# recomputing its BN statistics 0.17 ms per image. Only the progress bar's ETA depends on them.
 
 
 def _is_bn(cfg: Config) -> bool:
@@ -123,7 +123,7 @@ def _is_bn(cfg: Config) -> bool:
 def step_work(cfg: Config) -> float:
     """Estimated cost of one training step, in work units (about 1 ms of one core)."""
     if cfg.model == "mlp":
-        return 0.3 + len(cfg.widths) * (0.3 + (0.25 if cfg.norm != "none" else 0.0))
+        return 0.2 + len(cfg.widths) * (0.25 + (0.3 if cfg.norm != "none" else 0.0))
     b = cfg.batch_size
     aug = 0.02 * b if cfg.augment else 0.0
     return 1.0 + 0.08 * b + aug + ((0.8 + 0.045 * b) if cfg.norm != "none" else 0.0)
@@ -283,20 +283,29 @@ def _eval_model(
 
 
 class _Watch:
-    """Records the input of the last hidden activation for one unit (forward hook)."""
+    """Records the input of the last hidden activation (forward hook): one unit, or all."""
 
-    def __init__(self, model: nn.Module, unit: int) -> None:
+    def __init__(self, model: nn.Module, unit: int, layer: bool = False) -> None:
         acts = [m for m in model.modules() if isinstance(m, tuple(ACTIVATIONS.values()))]
         self.values: list[Tensor] = []
-        self.unit = unit
+        self.unit, self.layer = unit, layer
         self.handle = acts[-1].register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output) -> None:
-        self.values.append(inputs[0][:, self.unit].detach().clone())  # (B,)
+        x = inputs[0].detach()  # (B, units)
+        self.values.append(x.clone() if self.layer else x[:, self.unit].clone())
 
     def percentiles(self) -> list[float]:
+        """The 15th, 50th and 85th percentiles of the watched unit over everything seen."""
         v = torch.cat(self.values).double()
+        v = v[:, self.unit] if self.layer else v
         return [float(torch.quantile(v, q)) for q in (0.15, 0.50, 0.85)]
+
+    def layer_percentiles(self) -> list[list[float]]:
+        """[15th, 50th, 85th][unit]: the same percentiles for every unit of the layer."""
+        v = torch.cat(self.values).double()  # (N, units)
+        q = torch.quantile(v, torch.tensor([0.15, 0.50, 0.85], dtype=torch.float64), dim=0)
+        return [[round(float(a), 6) for a in row] for row in q]  # (3, units)
 
     def close(self) -> None:
         self.handle.remove()
@@ -306,15 +315,26 @@ class _Watch:
 
 
 def final_evaluation(
-    model: nn.Module, data: Dataset, train_x: Tensor, cfg: Config
+    model: nn.Module,
+    data: Dataset,
+    train_x: Tensor,
+    cfg: Config,
+    running: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Test loss/accuracy under every evaluation statistic, small test batches, single images."""
+    """Test loss/accuracy under every evaluation statistic, small test batches, single images.
+
+    ``running``: the running-statistics result on all test images, when the last evaluation
+    during training computed it already (the same weights, batches and mode: the same numbers).
+    """
     g = torch.Generator().manual_seed(cfg.seed + 12345)
     tx, ty = data.test_x, data.test_y
     out: dict[str, Any] = {}
     bn = has_batch_norm(model)
     modes = ("running", "population", "batch") if bn and cfg.final_eval == "all" else ("running",)
     for mode in modes:
+        if mode == "running" and running is not None:
+            out[mode] = dict(running)
+            continue
         m = _eval_model(model, mode, train_x, cfg, g)
         bs = cfg.batch_size if mode == "batch" else cfg.eval_batch_size
         loss, acc = evaluate(m, tx, ty, bs)
@@ -445,18 +465,24 @@ def _train(
     diverged = False
     order = torch.randperm(n, generator=g) if cfg.shuffle else torch.arange(n)
 
+    last_running: dict[str, Any] = {}  # the last evaluation, when it is the final "running" one
+
     def log(step: int) -> None:
         nonlocal eval_time, seen_loss, seen_correct, seen_count
         report(log_w)
         t0 = time.perf_counter()
         m = _eval_model(model, cfg.eval_stats, train_x, cfg, g_eval)
-        watch = _Watch(m, cfg.watch_unit) if cfg.watch_unit >= 0 else None
+        watch = _Watch(m, cfg.watch_unit, cfg.watch_layer) if cfg.watch_unit >= 0 else None
         try:
             bs = cfg.batch_size if cfg.eval_stats == "batch" else cfg.eval_batch_size
-            test_loss, test_acc = evaluate(m, test_x[:n_eval], test_y[:n_eval], bs)
+            # The last evaluation uses every test image, so a curve ends on the final number.
+            n_t = len(test_x) if step == total else n_eval
+            test_loss, test_acc = evaluate(m, test_x[:n_t], test_y[:n_t], bs)
         finally:
             if watch is not None:
                 watch.close()
+        if step == total and cfg.eval_stats == "running":
+            last_running.update(test_loss=_finite(test_loss), test_acc=test_acc)
         _, train_acc = evaluate(m, train_x[:train_eval], train_y[:train_eval], bs)
         row: dict[str, Any] = {
             "step": step,
@@ -470,6 +496,8 @@ def _train(
         }
         if watch is not None:
             row["unit_percentiles"] = watch.percentiles()  # 15th, 50th, 85th
+            if cfg.watch_layer:
+                row["layer_percentiles"] = watch.layer_percentiles()  # (3, units)
         model.train()
         metrics_f.write(json.dumps(row, allow_nan=False) + "\n")
         metrics_f.flush()
@@ -519,7 +547,7 @@ def _train(
             if step % every == 0 or step == total or diverged:
                 log(step)
         t0 = time.perf_counter()
-        final = final_evaluation(model, data, train_x, cfg)
+        final = final_evaluation(model, data, train_x, cfg, running=last_running or None)
         eval_time += time.perf_counter() - t0
         report(planned - reported)  # the final evaluation, and what a diverged run skipped
     finally:
@@ -535,6 +563,7 @@ def _train(
         "eval_time_s": round(eval_time, 3),
         "wall_s": round(time.perf_counter() - wall0, 3),
         "threads": torch.get_num_threads(),
+        "test_images": len(test_x),  # of the final evaluation (small-batch/single checks: fewer)
         "torch": torch.__version__,
         "final": final,
     }
