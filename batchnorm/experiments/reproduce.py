@@ -35,14 +35,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="IDS",
         help="comma-separated experiment ids: article001, figure1, lr_mlp, lr_lenet, init, "
-        "dropout, batch_size, inference",
+        "dropout, batch_size, inference (the main job), depth (not in the main job: about 5 "
+        "minutes on its own), or all",
     )
     p.add_argument(
         "--dataset", default="mnist", help="mnist (default), fashion-mnist, idx or synthetic"
     )
     p.add_argument("--data-dir", default="", help="folder of IDX files (for --dataset idx)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = all cores)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="runs trained in parallel, each in its own process (default 0 = one per core)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="T",
+        help="torch threads per run (default 1: these small networks gain nothing from more, "
+        "and lose much under load; 0 = all cores)",
+    )
     p.add_argument("--force", action="store_true", help="retrain runs even if finished")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="fetch MNIST again and rebuild its cache (mnist.npz and its SHA-256) first",
+    )
     p.add_argument(
         "--report-only",
         action="store_true",
@@ -59,16 +79,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _step_cost(cfg) -> float:
-    """Rough relative cost of one training step (for the progress bar's ETA only)."""
-    per_sample = 8.0 if cfg.model in ("lenet", "lenet5") else 1.0
-    fixed = 20.0 if cfg.norm in ("ours", "torch") else 10.0  # per-step overhead, in samples
-    return per_sample * (cfg.batch_size + fixed) / 100.0
-
-
-def _planned(cfg, n_train: int) -> int:
-    n = min(n_train, cfg.train_samples) if cfg.train_samples > 0 else n_train
-    return cfg.steps if cfg.steps > 0 else cfg.epochs * (n // cfg.batch_size)
+def check_plotting() -> None:
+    """Raise ValueError now, before any training, if matplotlib (the report's plots) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise ValueError(
+            f"the report's plots need matplotlib ({e}); install it with "
+            "`pip install 'batchnorm[experiments]'` (bash run.sh reproduce does)"
+        ) from e
 
 
 def reproduce(
@@ -78,8 +97,10 @@ def reproduce(
     only: str | None = None,
     dataset: str = "mnist",
     data_dir: str = "",
-    threads: int = 0,
+    threads: int = 1,
+    workers: int = 0,
     force: bool = False,
+    refresh: bool = False,
     progress: bool = True,
     steps_cap: int = 0,
     command: str = "batchnorm reproduce",
@@ -90,38 +111,56 @@ def reproduce(
     With ``train=False`` nothing is trained: the manifest lists the planned runs, the report
     uses those that have finished (an experiment with unfinished runs is marked partial).
 
+    ``workers`` runs train at a time, each in its own process with ``threads`` torch threads
+    (:mod:`.workers`; 0 workers = one per core); the results do not depend on either.
+
     Returns:
         The paths of report.md and report.html.
+
+    Raises:
+        ValueError: matplotlib is missing (checked before anything is trained), or a bad option.
     """
     import torch
 
     from ..tools.progress import Progress
+    from .config import Config
+    from .data import Dataset
     from .report import write_report
     from .suite import get_experiments
-    from .train import get_dataset, is_finished, run_dir, train_run
+    from .train import get_dataset, is_finished, planned_steps, planned_work, run_dir
+    from .workers import default_workers, run_configs
+
+    check_plotting()
+    if workers < 0 or threads < 0:
+        raise ValueError(f"workers and threads must be >= 0, got {workers} and {threads}")
+    workers = workers or default_workers()
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     exps = get_experiments(only)
-    plan: dict[str, dict[str, list]] = {}
+    plan: dict[str, dict[str, list[Config]]] = {}
     for e in exps:
         groups = e.groups(quick)
         if groups:
             plan[e.id] = groups
-    data = None
-    unique: dict[str, object] = {}
+    data: Dataset | None = None
+    unique: dict[str, Config] = {}
     for groups in plan.values():
         for label, cfgs in groups.items():
             new = []
             for c in cfgs:
                 c = c.replace(dataset=dataset, data_dir=data_dir, threads=threads)
-                if quick:  # intermediate evaluations on 2000 test images; the final one on all
-                    c = c.replace(eval_samples=2000)
+                if quick:  # evaluations during training on 2000 test images (the last on
+                    # all), BN statistics recomputed on 2000 training images
+                    c = c.replace(
+                        eval_samples=c.eval_samples or 2000,
+                        population_samples=min(c.population_samples or 2000, 2000),
+                    )
                 if data is None:
-                    data = get_dataset(c)
+                    data = get_dataset(c, refresh=refresh)
                 if steps_cap > 0:
-                    cap = min(steps_cap, _planned(c, len(data.train_x)))
+                    cap = min(steps_cap, planned_steps(c, len(data.train_x)))
                     c = c.replace(steps=cap, eval_every=max(1, cap // 4))
                 new.append(c)
                 unique[c.run_name()] = c
@@ -129,10 +168,12 @@ def reproduce(
     manifest = {
         "command": command,
         "quick": quick,
+        "steps_cap": steps_cap,
         "dataset": dataset,
         "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
         "torch": torch.__version__,
         "threads": threads or os.cpu_count(),
+        "workers": workers,
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "experiments": {
             eid: {"groups": {lab: [c.run_name() for c in cfgs] for lab, cfgs in groups.items()}}
@@ -141,28 +182,51 @@ def reproduce(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     todo = [c for name, c in unique.items() if force or not is_finished(run_dir(c, out))]
-    todo.sort(
-        key=lambda c: c.seed
-    )  # every variant's first seed first: an interrupted run is still useful
     n_train = len(data.train_x) if data is not None else 0
-    bar = Progress(
-        int(sum(_planned(c, n_train) * _step_cost(c) for c in todo)),
-        unit="work units",
-        enabled=progress,
-    )
+    n_test = len(data.test_x) if data is not None else 0
+    work = {c.run_name(): planned_work(c, n_train, n_test) for c in todo}
+    # Every variant's first seed first (an interrupted job is still useful), and within a
+    # seed the longest runs first, so that the last to finish are short ones.
+    todo.sort(key=lambda c: (c.seed, -work[c.run_name()]))
+    workers = max(1, min(workers, len(todo)))
     print(
         f"[reproduce] {len(unique)} runs in {len(plan)} experiments; {len(unique) - len(todo)} finished "
-        f"already, {len(todo)} to train; output {out}",
+        f"already, {len(todo)} to train"
+        + (
+            f" in {workers} worker process(es) of {threads or 'all'} thread(s)"
+            if train
+            else " (not trained: --report-only)"
+        )
+        + f"; output {out}",
         file=sys.stderr,
     )
     if not train:
         todo = []
-    for i, c in enumerate(todo):
-        bar.weight = _step_cost(c)
-        bar.set_note(
-            f"run {i + 1}/{len(todo)}: {c.label()} {c.norm} batch {c.batch_size} seed {c.seed}"
+    if todo and progress:
+        print(
+            "[reproduce] the bar shows the share of the estimated work done (training steps and "
+            "evaluations, weighted by their measured cost) and the runs finished",
+            file=sys.stderr,
         )
-        train_run(c, out, data=data, progress=bar, force=force)
+    bar = Progress(
+        sum(work[c.run_name()] for c in todo),
+        unit="work",
+        show_count=False,
+        enabled=progress and bool(todo),
+    )
+    n_todo = len(todo)
+    if todo and data is not None:
+        run_configs(
+            todo,
+            out,
+            data,
+            workers=workers,
+            bar=bar,
+            note=lambda done, running: (
+                f"runs {done}/{n_todo}" + (f", {running} running" if running > 1 else "")
+            ),
+            force=force,
+        )
     bar.close()
     done = [run_dir(c, out) / "summary.json" for c in unique.values()]
     summaries = [json.loads(p.read_text()) for p in done if p.is_file()]
@@ -175,6 +239,7 @@ def reproduce(
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "wall_s": round(time.perf_counter() - t0, 1),
             "trained": len(todo),
+            "workers": workers,
             "report_only": not train,
             "reused": len(unique) - len(todo),
         }
@@ -201,7 +266,9 @@ def run(args: argparse.Namespace) -> int:
                 dataset=args.dataset,
                 data_dir=args.data_dir,
                 threads=args.threads,
+                workers=args.workers,
                 force=args.force,
+                refresh=args.refresh,
                 progress=not args.no_progress,
                 steps_cap=args.steps_cap,
                 command=cmd,

@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="fetch MNIST again and rebuild its cache (mnist.npz and its SHA-256) first",
+    )
+    p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as JSON and exit"
     )
     add_config_arguments(p)
@@ -46,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..tools.progress import Progress
     from .config import config_from_args, load_preset
     from .data import DataError
-    from .train import get_dataset, train_run
+    from .train import get_dataset, planned_work, train_run
 
     try:
         base = load_preset(args.preset) if args.preset else {}
@@ -55,16 +60,12 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(cfg.to_dict(), indent=1))
             return 0
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [cfg.seed]
-        data = get_dataset(cfg)
+        data = get_dataset(cfg, refresh=args.refresh)
         for seed in seeds:
             c = cfg.replace(seed=seed)
-            n = (
-                min(len(data.train_x), c.train_samples)
-                if c.train_samples > 0
-                else len(data.train_x)
-            )
-            total = c.steps if c.steps > 0 else c.epochs * (n // c.batch_size)
-            bar = Progress(total, enabled=not args.no_progress)
+            # The bar counts estimated work (training steps and evaluations, by their cost).
+            total = planned_work(c, len(data.train_x), len(data.test_x))
+            bar = Progress(total, unit="work", show_count=False, enabled=not args.no_progress)
             bar.set_note(f"{c.label()} seed {seed}")
             r = train_run(c, args.out, data=data, progress=bar, force=args.force)
             bar.close()
@@ -73,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"{r['path']}{' (reused)' if r['reused'] else ''}: test accuracy "
                 f"{100 * f['running']['test_acc']:.2f}% (running stats), "
-                f"{100 * f['population']['test_acc']:.2f}% (population), loss "
+                + (
+                    f"{100 * f['population']['test_acc']:.2f}% (population), "
+                    if "population" in f
+                    else ""
+                )
+                + "loss "
                 f"{f['running']['test_loss']}, {s['steps']} steps in {s['train_time_s']:.1f} s"
                 f"{', DIVERGED' if s['diverged'] else ''}"
             )
