@@ -141,7 +141,8 @@ def train(args: argparse.Namespace) -> dict:
 
         torch.manual_seed(args.seed)  # the same initial weights everywhere (DDP checks it)
         cfg = Config(model="lenet", norm="ours", dataset=args.dataset, batch_size=args.batch_size)
-        model = build_model(cfg, in_shape=tuple(train_x.shape[1:]), classes=data.num_classes)
+        c, h, w = train_x.shape[1:]
+        model: nn.Module = build_model(cfg, in_shape=(c, h, w), classes=data.num_classes)
         # Without a process group SyncBatchNorm is local BN: one code path for N = 1 too.
         model = convert_sync_batchnorm(model).to(device, dtype)
         net = nn.parallel.DistributedDataParallel(model) if world > 1 else model

@@ -44,8 +44,8 @@ def norm_layer(
     if norm == "none":
         return None
     if norm == "ours":
-        cls = bn_modules.BatchNorm2d if conv else bn_modules.BatchNorm1d
-        return cls(channels, eps=eps, momentum=momentum)
+        ours = bn_modules.BatchNorm2d if conv else bn_modules.BatchNorm1d
+        return ours(channels, eps=eps, momentum=momentum)
     if norm == "torch":
         cls = nn.BatchNorm2d if conv else nn.BatchNorm1d
         return cls(channels, eps=eps, momentum=momentum)
