@@ -12,7 +12,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "batchnorm"
 
 # Lower numbers are lower layers; a module may import its own layer and the layers below.
 LAYERS = {"reference": 0, "core": 1, "nn": 2, "tools": 3, "experiments": 4, "cli": 5}
-FACADES = {"__init__", "__main__", "functional", "func"}  # the public surface: anything below
+FACADES = {
+    "__init__",
+    "__main__",
+    "functional",
+    "func",
+    "kernels",
+}  # the public surface: anything below
 
 
 def _module_name(path: Path) -> str:

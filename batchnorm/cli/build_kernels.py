@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"batchnorm build-kernels: compiling {SOURCE_ROOT / 'csrc'} in place", flush=True)
         subprocess.run(
-            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"],
             cwd=SOURCE_ROOT,
             check=False,
         )
