@@ -140,7 +140,12 @@ def plot_run(path: str | Path, cfg, summary: dict[str, Any]) -> Path:
     xs, acc = _series([run], "test_acc")
     _, tacc = _series([run], "train_eval_acc")
     _, bacc = _series([run], "train_acc")
-    _plot_finite(axes[0], xs, 100 * acc[0], label=f"test ({n_eval} images)")
+    _plot_finite(
+        axes[0],
+        xs,
+        100 * acc[0],
+        label=f"test ({n_eval} images" + (", the last on all)" if cfg.eval_samples else ")"),
+    )
     _plot_finite(axes[0], xs, 100 * tacc[0], label="train (eval mode, <= 5000 images)", ls="--")
     _plot_finite(
         axes[0], xs, 100 * bacc[0], label="train (the batches since the last point)", ls=":"
@@ -451,7 +456,7 @@ def plot_rates(
     ax.set_ylim(0, 101)
     ax.set(xlabel=xlabel, ylabel="final test accuracy (%, 10,000 images)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     ax.set_title(title, fontsize=10)
     _note_seeds(fig, _n_seeds([r for row in table.values() for r in row.values()]))
     return _save(fig, path)
@@ -507,7 +512,7 @@ def plot_depth(
         title=f"(b) steps to {100 * reach:.0f}% (x: not reached in {cap} steps)",
         ylim=(0, cap * 1.12),
     )
-    axes[0].legend(fontsize=7, loc="lower left")
+    axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
     _note_seeds(fig, _n_seeds([r for row in table.values() for r in row.values()]), "whiskers")
     return _save(fig, path)

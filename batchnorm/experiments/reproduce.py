@@ -277,5 +277,12 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, ValueError) as e:
         print(f"batchnorm reproduce: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"\nbatchnorm reproduce: interrupted; the finished runs are kept in {out}/runs: run "
+            "the same command again to train only the rest (and write the report)",
+            file=sys.stderr,
+        )
+        return 130
     print(f"report: {md}\n        {html}")
     return 0
