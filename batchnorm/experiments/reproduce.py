@@ -215,18 +215,30 @@ def reproduce(
         enabled=progress and bool(todo),
     )
     n_todo = len(todo)
-    if todo and data is not None:
-        run_configs(
-            todo,
-            out,
-            data,
-            workers=workers,
-            bar=bar,
-            note=lambda done, running: (
-                f"runs {done}/{n_todo}" + (f", {running} running" if running > 1 else "")
-            ),
-            force=force,
+    try:
+        if todo and data is not None:
+            run_configs(
+                todo,
+                out,
+                data,
+                workers=workers,
+                bar=bar,
+                note=lambda done, running: (
+                    f"runs {done}/{n_todo}" + (f", {running} running" if running > 1 else "")
+                ),
+                force=force,
+            )
+    except KeyboardInterrupt:  # say in the manifest how far this invocation got
+        bar.close()
+        finished = sum(is_finished(run_dir(c, out)) for c in todo)
+        manifest.update(
+            interrupted=True,
+            wall_s=round(time.perf_counter() - t0, 1),
+            trained=finished,
+            reused=len(unique) - len(todo),
         )
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        raise
     bar.close()
     done = [run_dir(c, out) / "summary.json" for c in unique.values()]
     summaries = [json.loads(p.read_text()) for p in done if p.is_file()]
