@@ -79,11 +79,16 @@ def _band(ax, xs, ys, color, label, scale=1.0, ls="-") -> None:
         ax.fill_between(xs[ok], lo, hi, color=color, alpha=0.2, lw=0)
 
 
-def _note_seeds(fig, n: int, what: str = "band") -> None:
-    """The footnote every multi-run figure carries: n and what the band/whiskers are."""
-    text = f"n = {n} seed{'s' if n > 1 else ''} per group; line/bar = mean" + (
-        f", {what} = min-max over the seeds" if n > 1 else " (one run: no spread shown)"
-    )
+def _note_seeds(fig, n: int, what: str | None = "band") -> None:
+    """The footnote every multi-run figure carries: n and what the band/whiskers are
+    (``what=None``: the figure shows no spread)."""
+    if n <= 1:
+        spread = " (one run: no spread shown)"
+    elif what is None:
+        spread = " (no spread shown)"
+    else:
+        spread = f", {what} = min-max over the seeds"
+    text = f"n = {'up to ' if n > 1 else ''}{n} seed{'s' if n > 1 else ''} per group; line/bar = mean{spread}"
     fig.text(0.005, 0.005, text, fontsize=7, color="#555", ha="left", va="bottom")
 
 
@@ -449,7 +454,7 @@ def plot_rates(
                 lw=0,
             )
     ax.axhline(threshold, color="k", lw=0.8, ls=":")
-    ax.text(min(rates), threshold + 1, f"trains: >= {threshold:.0f}%", fontsize=7, va="bottom")
+    ax.text(min(rates), threshold - 1.5, f"trains: >= {threshold:.0f}%", fontsize=7, va="top")
     ax.set_xscale("log")
     ax.set_xticks(sorted(rates), [f"x{k:g}" for k in sorted(rates)])
     ax.minorticks_off()
@@ -563,5 +568,5 @@ def plot_inference(
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=10)
-    _note_seeds(fig, _n_seeds(groups.values()), "bar")
+    _note_seeds(fig, _n_seeds(groups.values()), None)
     return _save(fig, path)
