@@ -222,3 +222,25 @@ def test_every_experiment_runs_and_plots(tmp_path):
         "depth",
     }
     assert html.read_text().count("<img") == 9
+
+
+def test_interrupted_job_says_so(monkeypatch, tmp_path):
+    from batchnorm.experiments import workers
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workers, "run_configs", stop)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(
+            tmp_path,
+            quick=True,
+            only="figure1",
+            dataset="synthetic",
+            progress=False,
+            steps_cap=2,
+        )
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["interrupted"] and m["trained"] == 0 and "finished" not in m
+    md = write_report(tmp_path)[0].read_text()
+    assert "was interrupted after" in md and "2 run(s) not finished" in md

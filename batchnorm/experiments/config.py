@@ -87,7 +87,7 @@ class Config:
     watch_layer: bool = False  # also log them for every unit of that layer ("layer_percentiles")
     # run
     seed: int = 0
-    threads: int = 0  # torch threads (0 = all cores)
+    threads: int = 1  # torch threads (0 = all cores); 1: these small nets gain nothing from more
     device: str = "cpu"
 
     def __post_init__(self) -> None:

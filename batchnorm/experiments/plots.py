@@ -79,11 +79,16 @@ def _band(ax, xs, ys, color, label, scale=1.0, ls="-") -> None:
         ax.fill_between(xs[ok], lo, hi, color=color, alpha=0.2, lw=0)
 
 
-def _note_seeds(fig, n: int, what: str = "band") -> None:
-    """The footnote every multi-run figure carries: n and what the band/whiskers are."""
-    text = f"n = {n} seed{'s' if n > 1 else ''} per group; line/bar = mean" + (
-        f", {what} = min-max over the seeds" if n > 1 else " (one run: no spread shown)"
-    )
+def _note_seeds(fig, n: int, what: str | None = "band") -> None:
+    """The footnote every multi-run figure carries: n and what the band/whiskers are
+    (``what=None``: the figure shows no spread)."""
+    if n <= 1:
+        spread = " (one run: no spread shown)"
+    elif what is None:
+        spread = " (no spread shown)"
+    else:
+        spread = f", {what} = min-max over the seeds"
+    text = f"n = {'up to ' if n > 1 else ''}{n} seed{'s' if n > 1 else ''} per group; line/bar = mean{spread}"
     fig.text(0.005, 0.005, text, fontsize=7, color="#555", ha="left", va="bottom")
 
 
@@ -140,7 +145,12 @@ def plot_run(path: str | Path, cfg, summary: dict[str, Any]) -> Path:
     xs, acc = _series([run], "test_acc")
     _, tacc = _series([run], "train_eval_acc")
     _, bacc = _series([run], "train_acc")
-    _plot_finite(axes[0], xs, 100 * acc[0], label=f"test ({n_eval} images)")
+    _plot_finite(
+        axes[0],
+        xs,
+        100 * acc[0],
+        label=f"test ({n_eval} images" + (", the last on all)" if cfg.eval_samples else ")"),
+    )
     _plot_finite(axes[0], xs, 100 * tacc[0], label="train (eval mode, <= 5000 images)", ls="--")
     _plot_finite(
         axes[0], xs, 100 * bacc[0], label="train (the batches since the last point)", ls=":"
@@ -444,14 +454,14 @@ def plot_rates(
                 lw=0,
             )
     ax.axhline(threshold, color="k", lw=0.8, ls=":")
-    ax.text(min(rates), threshold + 1, f"trains: >= {threshold:.0f}%", fontsize=7, va="bottom")
+    ax.text(min(rates), threshold - 1.5, f"trains: >= {threshold:.0f}%", fontsize=7, va="top")
     ax.set_xscale("log")
     ax.set_xticks(sorted(rates), [f"x{k:g}" for k in sorted(rates)])
     ax.minorticks_off()
     ax.set_ylim(0, 101)
     ax.set(xlabel=xlabel, ylabel="final test accuracy (%, 10,000 images)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     ax.set_title(title, fontsize=10)
     _note_seeds(fig, _n_seeds([r for row in table.values() for r in row.values()]))
     return _save(fig, path)
@@ -507,7 +517,7 @@ def plot_depth(
         title=f"(b) steps to {100 * reach:.0f}% (x: not reached in {cap} steps)",
         ylim=(0, cap * 1.12),
     )
-    axes[0].legend(fontsize=7, loc="lower left")
+    axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
     _note_seeds(fig, _n_seeds([r for row in table.values() for r in row.values()]), "whiskers")
     return _save(fig, path)
@@ -558,5 +568,5 @@ def plot_inference(
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=10)
-    _note_seeds(fig, _n_seeds(groups.values()), "bar")
+    _note_seeds(fig, _n_seeds(groups.values()), None)
     return _save(fig, path)

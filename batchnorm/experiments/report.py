@@ -99,12 +99,23 @@ def _runs_links(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _header_times(manifest: dict[str, Any]) -> str:
+def _header_times(manifest: dict[str, Any], runs_wall_s: float) -> str:
     workers = manifest.get("workers")
-    runs = _fmt_s(manifest.get("runs_wall_s", 0))
+    runs = _fmt_s(manifest.get("runs_wall_s", runs_wall_s))
     if manifest.get("report_only"):
         return f"report rebuilt from the run files without training; the runs' own times sum to {runs}."
     trained, reused = manifest.get("trained", 0), manifest.get("reused", 0)
+    if "finished" not in manifest:  # the invocation that wrote the manifest was interrupted
+        return (
+            f"the invocation started {manifest.get('started', '?')} with {workers or '?'} worker "
+            f"process(es) was interrupted"
+            + (
+                f" after {_fmt_s(manifest['wall_s'])}, having trained {trained} run(s)"
+                if "wall_s" in manifest
+                else ""
+            )
+            + f"; this report uses the runs finished so far, whose own wall times sum to {runs}."
+        )
     return (
         f"wall time of this invocation {_fmt_s(manifest.get('wall_s', 0))} with "
         f"{workers or '?'} worker process(es) of {manifest.get('threads', '?')} thread(s): "
@@ -150,7 +161,18 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
         "",
         note
         + f"Made by `{manifest.get('command', 'batchnorm reproduce')}` on {manifest.get('machine', platform.node())}, "
-        f"torch {manifest.get('torch', '?')}; " + _header_times(manifest),
+        f"torch {manifest.get('torch', '?')}; "
+        + _header_times(
+            manifest,
+            sum(
+                {
+                    run["path"].name: run["summary"]["wall_s"]
+                    for r in results
+                    for runs in r["groups"].values()
+                    for run in runs
+                }.values()
+            ),
+        ),
         "",
         "Each verdict is computed from the run files by the stated rule. Final accuracies are on all "
         "the test images (10,000 for MNIST); curves during training use the number of test images "

@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="IDS",
         help="comma-separated experiment ids: article001, figure1, lr_mlp, lr_lenet, init, "
-        "dropout, batch_size, inference (the main job), depth (not in the main job: about 5 "
-        "minutes on its own), or all",
+        "dropout, batch_size, inference (the main job), depth (not in the main job: 32 runs, "
+        "5.9 one-core minutes), or all",
     )
     p.add_argument(
         "--dataset", default="mnist", help="mnist (default), fashion-mnist, idx or synthetic"
@@ -215,18 +215,30 @@ def reproduce(
         enabled=progress and bool(todo),
     )
     n_todo = len(todo)
-    if todo and data is not None:
-        run_configs(
-            todo,
-            out,
-            data,
-            workers=workers,
-            bar=bar,
-            note=lambda done, running: (
-                f"runs {done}/{n_todo}" + (f", {running} running" if running > 1 else "")
-            ),
-            force=force,
+    try:
+        if todo and data is not None:
+            run_configs(
+                todo,
+                out,
+                data,
+                workers=workers,
+                bar=bar,
+                note=lambda done, running: (
+                    f"runs {done}/{n_todo}" + (f", {running} running" if running > 1 else "")
+                ),
+                force=force,
+            )
+    except KeyboardInterrupt:  # say in the manifest how far this invocation got
+        bar.close()
+        finished = sum(is_finished(run_dir(c, out)) for c in todo)
+        manifest.update(
+            interrupted=True,
+            wall_s=round(time.perf_counter() - t0, 1),
+            trained=finished,
+            reused=len(unique) - len(todo),
         )
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        raise
     bar.close()
     done = [run_dir(c, out) / "summary.json" for c in unique.values()]
     summaries = [json.loads(p.read_text()) for p in done if p.is_file()]
@@ -277,5 +289,12 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, ValueError) as e:
         print(f"batchnorm reproduce: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"\nbatchnorm reproduce: interrupted; the finished runs are kept in {out}/runs: run "
+            "the same command again to train only the rest (and write the report)",
+            file=sys.stderr,
+        )
+        return 130
     print(f"report: {md}\n        {html}")
     return 0

@@ -574,7 +574,7 @@ def _bs_plot(g: dict[str, Runs], path: Path, exp: Experiment) -> Path:
     steps = {
         int(label.split("|")[1]): runs[0]["summary"]["planned_steps"] for label, runs in g.items()
     }
-    few = {b: n for b, n in steps.items() if n < 100}  # too few steps to decide anything
+    few = {b: n for b, n in steps.items() if n < 50}  # too few steps to decide anything
     return plot_batch_size(_bs_table(g), path, title=exp.title, undertrained=few)
 
 
@@ -672,7 +672,7 @@ def _depth_groups(quick: bool) -> dict[str, list[Config]]:
         lr=0.1,
         batch_size=60,
         epochs=0,
-        steps=500 if quick else 5000,
+        steps=500 if quick else 3000,
         init="default",
         eval_every=50 if quick else 100,
         eval_samples=2000,
@@ -761,7 +761,7 @@ EXPERIMENTS: list[Experiment] = [
         "article 001 (LeNet, Keras)",
         "Batch normalization accelerates training: the BN network is ahead early; after 20 epochs both "
         "reach about 99% (article: 99.08% without, 98.75% with BN; BN takes 1.33x longer per run).",
-        "training-batch and test accuracy per epoch, final test loss/accuracy, training time (3 seeds).",
+        "training-batch and test accuracy per epoch, final test loss/accuracy, training time.",
         "held if the mean test accuracy after epoch 1 is higher with BN and both final means are >= 98.5% "
         "(with --quick, 2 epochs, only the first part is tested).",
         _article_groups,
@@ -770,7 +770,8 @@ EXPERIMENTS: list[Experiment] = [
         {
             False: "article protocol: 50k training images, 20 epochs, batch 128, Adam 1e-3, random rotation "
             "(±10°), shear (±10°), zoom (±10%) and shift (±8%)",
-            True: "reduced: 10k training images, 2 epochs",
+            True: "reduced: 10k training images, 2 epochs, 3 seeds; evaluated every epoch on 2000 test "
+            "images (the last on all), BN statistics recomputed on 2000 training images",
         },
     ),
     Experiment(
@@ -803,7 +804,8 @@ EXPERIMENTS: list[Experiment] = [
         "network fails.",
         "final test accuracy of the MLP 784-100-100-100-10 (sigmoid, and ReLU) after the same number of "
         "plain SGD steps (batch 60, weights N(0, 0.1²)) at multiples of the base rate 0.1, without and "
-        "with BN; the largest rate at which each still trains (mean final accuracy >= 90%).",
+        "with BN; the largest rate at which each still trains (mean final accuracy >= 90%; the rates "
+        "are in the protocol).",
         "held if, for both activations, the largest rate at which the network with BN still trains is "
         "higher than the plain network's.",
         _lr_groups_mlp,
@@ -820,14 +822,14 @@ EXPERIMENTS: list[Experiment] = [
         "the paper, section 3.3",
         "BN enables higher learning rates (LeNet, SGD rates 0.01, 0.05, 0.3).",
         "final test accuracy of article 001's LeNet, plain SGD at batch 128 without augmentation, "
-        "after 2 epochs at each rate.",
+        "after the same number of epochs at each rate (evaluated once, at the end).",
         "held if with BN the x30 accuracy is within 1 point of BN's best rate and more than 1 point above "
         "the network without BN at x30.",
         _lr_groups_lenet,
         _lr_verdict,
         _lr_plot,
         {
-            False: "shortened: 2 epochs without augmentation, 3 seeds",
+            False: "shortened: 2 epochs of 50k images without augmentation, 3 seeds",
             True: "reduced: 10k training images, 1 epoch, 1 seed",
         },
     ),
@@ -837,15 +839,16 @@ EXPERIMENTS: list[Experiment] = [
         "the paper, sections 3.3 and 4.1",
         "With BN the result hardly depends on the weight scale (BN(aWu) = BN(Wu)); without BN large "
         "initial weights saturate the sigmoids and training stalls.",
-        "final test accuracy of the sigmoid MLP for PyTorch's default init and N(0, s²) with s = 0.1, 1, 3.",
+        "final test accuracy of the sigmoid MLP (plain SGD 0.1, batch 60) for PyTorch's default init and "
+        "normal weights N(0, s²) of growing std s (the ones run are in the protocol).",
         "held if BN's range of final accuracy across initializations is smaller than without BN's, and BN "
         "is more than 5 points ahead at the largest std.",
         _init_groups,
         _init_verdict,
         _init_plot,
         {
-            False: "shortened: 5k steps, 3 seeds",
-            True: "reduced: 1000 steps, 1 seed, 3 initializations",
+            False: "shortened: 5k steps, 3 seeds; PyTorch default, s = 0.1, 1, 3",
+            True: "reduced: 1000 steps, 1 seed; PyTorch default, s = 1, 3",
         },
     ),
     Experiment(
@@ -854,14 +857,15 @@ EXPERIMENTS: list[Experiment] = [
         "the paper, section 3.4; article 004",
         "BN regularizes the model, reducing the need for dropout: BN without dropout is at least as good "
         "as the plain network with dropout.",
-        "final test accuracy and train-test gap of LeNet without augmentation on a 10k-image subset, "
-        "dropout 0.5 after the hidden fully connected layers or none (3 seeds).",
+        "final test accuracy and train-test gap (training accuracy in eval mode on up to 5,000 training "
+        "images minus test accuracy, at the one evaluation, at the end) of LeNet without augmentation on "
+        "a subset of the training images, dropout 0.5 after the hidden fully connected layers or none.",
         "held if BN without dropout >= no BN with dropout minus the larger seed std.",
         _dropout_groups,
         _dropout_verdict,
         _dropout_plot,
         {
-            False: "10k training images, 15 epochs, no augmentation, 3 seeds",
+            False: "shortened: 10k training images, 15 epochs, no augmentation, 3 seeds",
             True: "reduced: 2000 training images, 5 epochs, 3 seeds",
         },
     ),
@@ -871,16 +875,18 @@ EXPERIMENTS: list[Experiment] = [
         "articles 000 and 004",
         "BN needs batches: at very small batches it falls behind batch-independent normalizations, while at "
         "usual batch sizes it is as good or better.",
-        "final test accuracy (BN evaluated with recomputed population statistics) of LeNet trained with "
-        "Adam on the same number of samples at each batch size.",
+        "final test accuracy (all test images; BN evaluated with population statistics recomputed on "
+        "training images) of LeNet trained with Adam on the same number of samples at each batch size.",
         "held if BN is below the best of GroupNorm/LayerNorm at the smallest batch and within 0.5 points of "
         "it (or above) at the largest.",
         _bs_groups,
         _bs_verdict,
         _bs_plot,
         {
-            False: "25,600 training samples per run (about half an epoch), batches 2..128, 3 seeds",
-            True: "reduced: 2048 samples, batches 2, 8, 32, 128, 1 seed",
+            False: "25,600 training samples per run (about half an epoch), batches 2..128, 3 seeds; BN "
+            "statistics recomputed on 10,000 training images",
+            True: "reduced: 2048 samples, batches 2, 8, 32, 128 (batch 128: only 16 steps, "
+            "undertrained), 1 seed; BN statistics recomputed on 2000 training images",
         },
     ),
     Experiment(
@@ -892,7 +898,8 @@ EXPERIMENTS: list[Experiment] = [
         "running averages; normalizing with the test batch's own statistics degrades as the batch shrinks "
         "and is impossible for a batch of one.",
         "test accuracy of trained BN networks (reused from the experiments above) with running, recomputed "
-        "population and test-batch statistics; single-image vs batched outputs.",
+        "population and test-batch statistics (all test images; test batches of 32, 8 and 2 on the first "
+        "1,000, a batch of 1 on the first 200); single-image vs batched outputs (the first 200).",
         "held if population >= running - 0.2 points for every network, single-image outputs equal the "
         "batched ones (same predictions, max |diff| < 1e-3), batch statistics of a batch of 1 are refused "
         "and batch-2 statistics are worse than fixed statistics.",
@@ -923,7 +930,8 @@ EXPERIMENTS.append(
         _depth_verdict,
         _depth_plot,
         {
-            False: "5000 steps of batch 60, evaluated every 100 steps on 2000 test images, 2 seeds",
+            False: "3000 steps of batch 60 (3.6 epochs), evaluated every 100 steps on 2000 test images "
+            "(the last on all), 2 seeds",
             True: "reduced: 500 steps, evaluated every 50 steps, 1 seed",
         },
         in_main_job=False,
