@@ -61,7 +61,11 @@ def _extensions() -> tuple[list, dict]:
         EXT_NAME,
         sources,
         define_macros=macros,
-        extra_compile_args=["-O3"],
+        # -fopenmp: at::parallel_for is inline in torch's headers, an OpenMP loop in this
+        # (OpenMP) build of torch; without the flag its pragma is ignored and every kernel runs
+        # on one thread. The link resolves to the libgomp.so.1 torch has already loaded.
+        extra_compile_args=["-O3", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
         include_dirs=[os.path.abspath("csrc")],
         depends=["csrc/kernel_table.h", "csrc/kernels.cpp"],
     )
