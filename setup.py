@@ -52,7 +52,7 @@ def _extensions() -> tuple[list, dict]:
         )
         return [], {}
 
-    sources = ["csrc/ops.cpp", "csrc/kernels.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/front.cpp", "csrc/kernels.cpp"]
     macros = []
     if X86:
         sources += ["csrc/isa_avx2.cpp", "csrc/isa_avx512.cpp"]

@@ -509,6 +509,23 @@ def batch_norm(
         >>> rm, rv = torch.zeros(3), torch.ones(3)
         >>> y = batch_norm(x, rm, rv, training=True)
     """
+    fast = kernels.front()
+    if (
+        fast is not None
+        and mask is None
+        and correction is None
+        and process_group is None
+        and forward_ad._current_level < 0
+        and not torch.compiler.is_compiling()
+    ):
+        # The plain eager call, checks and op in one native call (Kernels.front); None where
+        # anything differs, bad input included: the steps below take it and say what is wrong.
+        y = fast(
+            input, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+            num_batches_tracked, store_unbiased, skipped_updates,
+        )  # fmt: skip
+        if y is not None:
+            return y
     mode = graph_mode(input, weight, bias)
     checks = (input, running_mean, running_var, weight, bias, training, momentum, eps, axis)
     if mode == "jit":

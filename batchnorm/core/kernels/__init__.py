@@ -53,6 +53,7 @@ BackwardElemtStatsFn = Callable[
     [Tensor, Tensor, int, Tensor, Tensor, "Tensor | None", Tensor, Tensor, int], Tensor
 ]
 TrainFn = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]
+FrontFn = Callable[..., "Tensor | None"]
 BuffersFitFn = Callable[
     [Tensor, Tensor, "float | Tensor | None", "Tensor | None", "Tensor | None"], bool
 ]
@@ -87,6 +88,15 @@ class Kernels:
       ``cumulative`` for ``momentum=None``), where ``buffers_fit`` says it can. None: the
       core runs the steps itself. Used where no mask, correction or process group changes a
       step.
+
+    - ``front(input, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+      num_batches_tracked, store_unbiased, skipped_updates) -> y | None``: the whole plain
+      eager call of :func:`batchnorm.batch_norm` (``train``, or ``normalize_stats`` where no
+      gradient can flow in evaluation), its checks included, in one native call; None wherever
+      anything differs from the plain case (bad input included: the core then takes the call
+      and raises its error). It must give the bits and the graph of the core's own path
+      (tested). Only the set registered for "cpu" is asked (:func:`front`): there a small
+      layer's step is mostly per-call cost.
     """
 
     name: str
@@ -100,6 +110,7 @@ class Kernels:
     backward_elemt_stats: BackwardElemtStatsFn | None = None
     train: TrainFn | None = None
     buffers_fit: BuffersFitFn | None = None
+    front: FrontFn | None = None
 
 
 NATIVE = Kernels(
@@ -142,6 +153,16 @@ def get(x: torch.Tensor, axis: int) -> Kernels:
     return NATIVE
 
 
+def front() -> FrontFn | None:
+    """The front of the set registered for "cpu" (:attr:`Kernels.front`) while the fast
+    kernels are on, else None. Asked on every eager call, before any check."""
+    if _ENABLED:
+        cpu = _REGISTRY.get("cpu")
+        if cpu is not None:
+            return cpu.front
+    return None
+
+
 def for_buffers(buffer: torch.Tensor) -> Kernels:
     """The kernel set for per-channel buffers (the running update): by device alone; the
     set's ``running_update`` falls back to the native one for what it does not cover."""
@@ -173,6 +194,7 @@ if _cpu.load():
             backward_elemt_stats=_ops.backward_elemt_stats,
             train=_ops.train,
             buffers_fit=_cpu.buffers_fit,
+            front=_cpu.front(),
         ),
     )
 
@@ -196,6 +218,7 @@ __all__ = [
     "Kernels",
     "enabled",
     "for_buffers",
+    "front",
     "get",
     "info",
     "jit_tracing",

@@ -22,6 +22,8 @@ innermost and the rest dense (channels-last, channels-last-3d, Keras ``axis=-1``
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import math
 import os
@@ -94,6 +96,23 @@ def _verify() -> tuple[Path | None, str]:
     return path, f"{path.name} (sha256 verified, built for torch {built_for})"
 
 
+def _import_front(path: Path) -> Any:
+    """The verified library as a Python module (the same file, already loaded): its
+    ``front``, the eager front of ``batch_norm`` (csrc/front.cpp)."""
+    loader = importlib.machinery.ExtensionFileLoader(f"{__package__}._cpu_ops", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module.front
+
+
+def front() -> Any:
+    """The eager front of the CPU set (``Kernels.front``), or None where the library is not
+    loaded."""
+    return _state.get("front") if load() else None
+
+
 def load() -> bool:
     """Load and verify the library once per process; True where its ops are registered."""
     if "ok" in _state:
@@ -109,8 +128,9 @@ def load() -> bool:
                 torch.ops.load_library(str(path))  # type: ignore[no-untyped-call]
                 _state["isa"] = str(torch.ops.batchnorm.info())
                 _register_fakes()
+                _state["front"] = _import_front(path)
                 ok = True
-            except (OSError, RuntimeError) as e:
+            except (OSError, RuntimeError, ImportError, AttributeError) as e:
                 _state["reason"] = f"{path} did not load ({e}). Fix: {REBUILD}"
         if not ok and not _state.get("quiet"):
             warnings.warn(
