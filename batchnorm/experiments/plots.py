@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = [
     "plot_run",
@@ -225,6 +226,8 @@ def plot_curves(
             if lo > 0:
                 ylabel += f" (axis from {lo:.0f})"
         ax.set(xlabel=x, ylabel=ylabel)
+        if x == "epoch":  # whole epochs only (a 2-epoch run would get ticks at 0.2, 0.4, ...)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)

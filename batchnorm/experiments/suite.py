@@ -86,6 +86,13 @@ def _n_test(g: dict[str, Runs]) -> int:
     return int(next(iter(g.values()))[0]["summary"].get("test_images", 10000))
 
 
+def _n_seeds(g: dict[str, Runs]) -> str:
+    """``n=3``, or ``n=1-3 per group`` where the groups hold different numbers of runs (a
+    partial report), never the first group's count for all."""
+    counts = sorted({len(runs) for runs in g.values()})
+    return f"n={counts[0]}" if len(counts) == 1 else f"n={counts[0]}-{counts[-1]} per group"
+
+
 def _stats(values) -> tuple[float, float, int]:
     v = np.asarray(values, float)
     return float(np.nanmean(v)), float(np.nanstd(v)), len(v)
@@ -301,7 +308,7 @@ def _lr_mlp_verdict(g: dict[str, Runs]) -> tuple[bool | None, list[str]]:
     series = list(dict.fromkeys(s for row in t.values() for s in row))
     base = g[f"{series[0]}|x{rates[0]}"][0]["config"].lr / rates[0]
     lines = [
-        f"final test accuracy ({_n_test(g):,} test images; mean over seeds, n={len(g[next(iter(g))])}; a "
+        f"final test accuracy ({_n_test(g):,} test images; mean over seeds, {_n_seeds(g)}; a "
         f"diverged run counts with the accuracy of its last weights) at multiples of the base rate "
         f"{base:g}:"
     ]
@@ -337,9 +344,8 @@ def _lr_mlp_verdict(g: dict[str, Runs]) -> tuple[bool | None, list[str]]:
 def _lr_verdict(g: dict[str, Runs]) -> tuple[bool | None, list[str]]:
     acc = {k: _stats([_acc(r) for r in runs])[0] for k, runs in g.items()}
     div = {k: sum(r["summary"]["diverged"] for r in runs) for k, runs in g.items()}
-    n = len(next(iter(g.values())))
     lines = [
-        f"final test accuracy ({_n_test(g):,} test images; mean over seeds, n={n}; a diverged run counts "
+        f"final test accuracy ({_n_test(g):,} test images; mean over seeds, {_n_seeds(g)}; a diverged run counts "
         "with the accuracy of its last weights):"
     ]
     for lab in ("without BN", "with BN"):
@@ -708,11 +714,10 @@ def _depth_verdict(g: dict[str, Runs]) -> tuple[bool | None, list[str]]:
     t = _depth_table(g)
     first = next(iter(g.values()))[0]
     steps, n_eval = first["summary"]["planned_steps"], first["config"].eval_samples
-    n = len(next(iter(g.values())))
     lines = [
         f"final test accuracy ({_n_test(g):,} test images) and steps to {100 * REACH:.0f}% (evaluated every "
         f"{first['config'].eval_every} steps on {n_eval:,} test images; '-' = not within {steps} "
-        f"steps), mean over n={n} seeds:"
+        f"steps), mean over seeds, {_n_seeds(g)}:"
     ]
     acc = {
         s: {d: _stats([_acc(r) for r in runs])[0] for d, runs in row.items()}
