@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -155,3 +156,37 @@ def test_top_level_help_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "reproduce" in out.stdout and out.stdout.strip().endswith("False")
+
+
+@pytest.mark.parametrize(
+    "optimizer, weight_decay", [("sgd", 0.0), ("sgd", 1e-3), ("adam", 0.0), ("adam", 1e-3)]
+)
+def test_run_optimizers_match_torch_optim_bit_for_bit(optimizer, weight_decay):
+    """The experiments' optimizers (PlainSGD; Adam's foreach implementation) take the steps of
+    torch.optim's per-tensor loop exactly: the run files stay the same."""
+    from batchnorm.experiments.train import _optimizer
+
+    cfg = Config(model="lenet", norm="ours", optimizer=optimizer, lr=0.05 if optimizer == "sgd"
+                 else 1e-3, weight_decay=weight_decay)  # fmt: skip
+    torch.manual_seed(0)
+    ours = build_model(cfg, (1, 28, 28), 10)
+    ref = copy.deepcopy(ours)
+    opt = _optimizer(cfg, ours.parameters())
+    ref_opt = (
+        torch.optim.SGD(ref.parameters(), lr=cfg.lr, weight_decay=weight_decay, foreach=False)
+        if optimizer == "sgd"
+        else torch.optim.Adam(ref.parameters(), lr=cfg.lr, weight_decay=weight_decay,
+                              foreach=False)
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x, y = torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g)
+        for model, o in ((ours, opt), (ref, ref_opt)):
+            o.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            o.step()
+    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(p.grad is not None for p in ours.parameters())
+    opt.zero_grad()
+    assert all(p.grad is None for p in ours.parameters())

@@ -38,7 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -216,14 +216,45 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
-def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+class PlainSGD:
+    """Plain SGD, ``p -= lr * (grad + weight_decay * p)``, as ``torch.optim.SGD`` without
+    momentum computes it, bit for bit (tested), in one foreach call per step.
+
+    ``torch.optim.SGD.step`` spends about 100 us in Python per call whatever the tensors'
+    size: a seventh of a whole training step of the paper's Figure-1 MLP on one core, and the
+    main job takes about a million such steps. This update takes about 40 us.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.weight_decay = lr, weight_decay
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        params: list[Tensor] = [p for p in self.params if p.grad is not None]
+        grads: list[Tensor] = [cast(Tensor, p.grad) for p in params]
+        if self.weight_decay != 0:
+            grads = list(torch._foreach_add(grads, params, alpha=self.weight_decay))
+        torch._foreach_add_(params, grads, alpha=-self.lr)
+
+
+def _optimizer(cfg: Config, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer | PlainSGD:
+    """The run's optimizer. Plain SGD is :class:`PlainSGD`; Adam runs torch's foreach
+    implementation (the same bits as its per-tensor loop, tested, with less Python a step)."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return PlainSGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "momentum":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def _batches(x: Tensor, batch_size: int) -> Iterator[Tensor]:
