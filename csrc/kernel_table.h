@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#define BN_KERNEL_ABI 5
+#define BN_KERNEL_ABI 6
 
 #ifdef __cplusplus
 extern "C" {
@@ -47,6 +47,10 @@ typedef struct bn_kernel_table {
   int (*running_update)(int rdtype, void* rm, void* rv, int vdtype, const double* mean,
                         const void* var, int64_t C, int64_t count, double momentum,
                         int cumulative, int store_unbiased, int64_t* nbt, int64_t* skipped);
+  // 2x2, stride-2 max pooling of `planes` contiguous HxW planes (dtype 0 or 1): the values and
+  // the in-plane indices (h * W + w) of at::max_pool2d_with_indices (csrc/ops.cpp, max_pool2x2).
+  int (*max_pool2x2)(int dtype, const void* x, void* y, int64_t* idx, int64_t planes, int64_t H,
+                     int64_t W);
   const char* isa;  // "baseline", "avx2", "avx512"
 } bn_kernel_table;
 

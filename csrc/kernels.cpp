@@ -856,11 +856,63 @@ int t_running_update(int rdtype, void* rm, void* rv, int vdtype, const double* m
   return -1;
 }
 
+// ------------------------------------------------------------------ 2x2 max pooling
+
+// Not batch norm: the experiments' LeNet pools after each convolution, and torch's generic CPU
+// loop takes a quarter of its training step on one thread. The scan is torch's
+// (cpu_max_pool): from -inf, each of the window's four values in row-major order replaces the
+// maximum where it is greater or NaN, so the first maximum wins, and the last NaN. Branch-free
+// selects, so that the compiler vectorises along the row (the data decide, not the predictor).
+template <typename T>
+inline void pool_take(T v, int64_t at, T& m, int64_t& mi) {
+  const bool t = (v > m) | (v != v);
+  m = t ? v : m;
+  mi = t ? at : mi;
+}
+
+template <typename T>
+void max_pool2x2(const T* x, T* y, int64_t* idx, int64_t planes, int64_t H, int64_t W) {
+  const int64_t Ho = H / 2, Wo = W / 2;
+  for (int64_t p = 0; p < planes; ++p) {
+    const T* in = x + p * H * W;
+    for (int64_t oh = 0; oh < Ho; ++oh) {
+      const int64_t top = 2 * oh * W;
+      const T* r0 = in + top;
+      const T* r1 = r0 + W;
+      T* o = y + (p * Ho + oh) * Wo;
+      int64_t* oi = idx + (p * Ho + oh) * Wo;
+      for (int64_t ow = 0; ow < Wo; ++ow) {
+        const int64_t at = top + 2 * ow;
+        T m = -static_cast<T>(__builtin_inf());  // no std:: template (see the top)
+        int64_t mi = at;
+        pool_take(r0[2 * ow], at, m, mi);
+        pool_take(r0[2 * ow + 1], at + 1, m, mi);
+        pool_take(r1[2 * ow], at + W, m, mi);
+        pool_take(r1[2 * ow + 1], at + W + 1, m, mi);
+        o[ow] = m;
+        oi[ow] = mi;
+      }
+    }
+  }
+}
+
+int t_max_pool2x2(int dtype, const void* x, void* y, int64_t* idx, int64_t planes, int64_t H,
+                  int64_t W) {
+  if (dtype == 0) {
+    max_pool2x2(static_cast<const float*>(x), static_cast<float*>(y), idx, planes, H, W);
+    return 0;
+  }
+  if (dtype == 1) {
+    max_pool2x2(static_cast<const double*>(x), static_cast<double*>(y), idx, planes, H, W);
+    return 0;
+  }
+  return -1;
+}
 
 const bn_kernel_table kTable = {
     BN_KERNEL_ABI,        t_stats,          t_normalize,
     t_backward_reduce,    t_backward_elemt, t_normalize_stats,
-    t_backward_elemt_stats, t_running_update, BN_STR(BN_ISA),
+    t_backward_elemt_stats, t_running_update, t_max_pool2x2, BN_STR(BN_ISA),
 };
 
 }  // namespace

@@ -357,6 +357,37 @@ std::tuple<Tensor, Tensor, Tensor> train_backward_cpu(const Tensor& dy, const Te
   return {dx, dw, db};
 }
 
+// ------------------------------------------------------------------ 2x2 max pooling
+
+// Not batch norm: the experiments' LeNet (batchnorm/experiments/models.py, MaxPool2x2). The
+// values and indices of at::max_pool2d_with_indices(x, 2, 2) for a contiguous NCHW float tensor,
+// bit for bit, so that torch's own max_pool2d_with_indices_backward takes the gradient.
+std::tuple<Tensor, Tensor> max_pool2x2_cpu(const Tensor& x) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.size(2) >= 2 && x.size(3) >= 2,
+              "batchnorm::max_pool2x2 takes a contiguous (N, C, H, W) tensor with H, W >= 2, got "
+              "sizes ", x.sizes(), "; use torch.nn.functional.max_pool2d for anything else");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "batchnorm::max_pool2x2 takes float32 or float64, got ", x.scalar_type());
+  const int64_t planes = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = H / 2, Wo = W / 2;
+  Tensor y = at::empty({x.size(0), x.size(1), Ho, Wo}, x.options());
+  Tensor idx = at::empty({x.size(0), x.size(1), Ho, Wo}, x.options().dtype(at::kLong));
+  const int dt = dtype_code(x);
+  const char* xp = static_cast<const char*>(x.const_data_ptr());
+  char* yp = static_cast<char*>(y.mutable_data_ptr());
+  int64_t* ip = idx.mutable_data_ptr<int64_t>();
+  const int64_t es = x.element_size();
+  // Whole planes per task and at least about 32k outputs a task: small tensors stay on one
+  // thread.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, Ho * Wo));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    check(K().max_pool2x2(dt, xp + begin * H * W * es, yp + begin * Ho * Wo * es,
+                          ip + begin * Ho * Wo, end - begin, H, W),
+          "max_pool2x2");
+  });
+  return {y, idx};
+}
+
 // ------------------------------------------------------------------ autograd of batchnorm::train
 
 // The training forward as differentiable ATen ops (the torch-op set's composition, _native.py):
@@ -500,6 +531,7 @@ TORCH_LIBRARY(batchnorm, m) {
         "(Tensor y, Tensor mean, Tensor var, Tensor inv_std)");
   m.def("train_backward(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor inv_std, "
         "int axis, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("max_pool2x2(Tensor x) -> (Tensor values, Tensor indices)");
   m.def("info() -> str", info);
   m.def("set_isa(str isa) -> str", set_isa);
 }
@@ -514,6 +546,7 @@ TORCH_LIBRARY_IMPL(batchnorm, CPU, m) {
   m.impl("running_update", running_update_cpu);
   m.impl("train", train_cpu);
   m.impl("train_backward", train_backward_cpu);
+  m.impl("max_pool2x2", max_pool2x2_cpu);
 }
 
 TORCH_LIBRARY_IMPL(batchnorm, Autograd, m) { m.impl("train", train_autograd); }

@@ -494,6 +494,7 @@ def _op_samples():
         OPS.running_update,
         (torch.zeros(C), torch.ones(C), mean, v, 11, 0.1, False, True, torch.tensor(3), None),
     )
+    yield OPS.max_pool2x2, (torch.randn(2, 3, 7, 6),)
 
 
 def test_custom_ops_pass_opcheck():
@@ -641,3 +642,69 @@ def test_bench_models_section(tmp_path, capsys):
     text = saved.read_text()
     for needle in ("Figure-1 MLP step", "LeNet step", "4x64x2x2 training forward", "contention:"):
         assert needle in text
+
+
+# --------------------------------------------------------------------------- 2x2 max pooling
+
+
+def _pool_input(shape, dtype, gen):
+    """Ties, signed zeros, infinities and NaNs on purpose: the cases where two pooling loops
+    could pick a different element."""
+    x = torch.randint(-3, 4, shape, generator=gen).to(dtype)
+    x[x == -3] = -0.0
+    x[x == 3] = float("inf")
+    flat = x.view(-1)
+    flat[torch.randint(0, flat.numel(), (max(1, flat.numel() // 20),), generator=gen)] = float(
+        "nan"
+    )
+    flat[torch.randint(0, flat.numel(), (max(1, flat.numel() // 20),), generator=gen)] = -float(
+        "inf"
+    )
+    return x
+
+
+def _bits(t):
+    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 2, 8, 8), (2, 3, 7, 9), (1, 1, 2, 2), (4, 6, 28, 28)])
+def test_max_pool2x2_is_torchs_pooling_bit_for_bit(isa, dtype, shape):
+    from batchnorm.experiments.models import MaxPool2x2
+
+    gen = torch.Generator().manual_seed(sum(shape))
+    for trial in range(3):
+        x = _pool_input(shape, dtype, gen)
+        if trial == 1:
+            x = torch.relu(x)  # the LeNet's case: many tied zeros
+        y, idx = OPS.max_pool2x2(x)
+        ref_y, ref_idx = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+        assert torch.equal(_bits(y), _bits(ref_y)), (isa, trial)
+        assert torch.equal(idx, ref_idx), (isa, trial)
+        # The module: values and gradient, through torch's backward on the same indices.
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        g = torch.randint(-1, 2, ref_y.shape, generator=gen).to(dtype)
+        g[g == 0] = -0.0
+        MaxPool2x2()(xa).backward(g)
+        torch.nn.MaxPool2d(2)(xb).backward(g)
+        assert torch.equal(_bits(xa.grad), _bits(xb.grad)), (isa, trial)
+
+
+def test_max_pool2x2_module_falls_back_and_op_rejects_what_it_does_not_take():
+    from batchnorm.experiments.models import MaxPool2x2
+
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    for other in (
+        x.contiguous(memory_format=torch.channels_last),
+        x.to(torch.bfloat16),
+        x[0],  # 3-D: nn.MaxPool2d takes (C, H, W) too
+    ):
+        torch.testing.assert_close(
+            MaxPool2x2()(other), torch.nn.MaxPool2d(2)(other), rtol=0, atol=0
+        )
+    assert isinstance(MaxPool2x2(), torch.nn.MaxPool2d)
+    assert MaxPool2x2().extra_repr() == torch.nn.MaxPool2d(2).extra_repr()
+    with pytest.raises(RuntimeError, match="contiguous"):
+        OPS.max_pool2x2(x.transpose(2, 3))
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        OPS.max_pool2x2(x.to(torch.bfloat16))

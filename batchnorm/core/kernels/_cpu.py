@@ -263,6 +263,12 @@ def _register_fakes() -> None:
     fake("batchnorm::train", _train_fake)
     fake("batchnorm::train_backward", _train_backward_fake)
 
+    def _max_pool2x2_fake(x: Tensor) -> tuple[Tensor, Tensor]:
+        shape = (x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+        return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
+
+    fake("batchnorm::max_pool2x2", _max_pool2x2_fake)
+
 
 # --------------------------------------------------------------------------- the kernel set
 
