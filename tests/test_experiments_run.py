@@ -244,3 +244,21 @@ def test_interrupted_job_says_so(monkeypatch, tmp_path):
     assert m["interrupted"] and m["trained"] == 0 and "finished" not in m
     md = write_report(tmp_path)[0].read_text()
     assert "was interrupted after" in md and "2 run(s) not finished" in md
+
+
+def test_a_selection_gets_its_own_default_folder(tmp_path, monkeypatch, capsys):
+    from batchnorm.experiments.reproduce import default_out
+
+    assert default_out(quick=False, only=None) == "reports/full"
+    assert default_out(quick=True, only=None) == "reports/quick"
+    assert default_out(quick=False, only="depth") == "reports/full-depth"
+    assert default_out(quick=True, only="figure1, article001") == (
+        "reports/quick-article001+figure1"
+    )
+    # an unknown id is refused before any folder is made
+    monkeypatch.chdir(tmp_path)
+    from batchnorm.cli import main
+
+    assert main(["reproduce", "--only", "bogus", "--report-only", "--no-progress"]) == 2
+    assert "unknown experiment(s) bogus" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()

@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="output folder (default reports/quick with --quick, else reports/full)",
+        help="output folder (default reports/full, reports/quick with --quick; with --only "
+        "reports/full-IDS, e.g. reports/full-depth, so the main job's report stays)",
     )
     p.add_argument(
         "--only",
@@ -135,10 +136,10 @@ def reproduce(
         raise ValueError(f"workers and threads must be >= 0, got {workers} and {threads}")
     workers = workers or default_workers()
 
+    exps = get_experiments(only)  # an unknown id fails here, before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    exps = get_experiments(only)
     plan: dict[str, dict[str, list[Config]]] = {}
     for e in exps:
         groups = e.groups(quick)
@@ -260,11 +261,25 @@ def reproduce(
     return write_report(out)
 
 
+def default_out(*, quick: bool, only: str | None) -> str:
+    """The folder a reproduction writes to without ``--out``.
+
+    ``reports/full`` (``reports/quick``) for the main job; a selection gets its own folder
+    (``reports/full-depth``, ``reports/quick-article001+figure1``), so that e.g. the depth
+    experiment run after the main job does not replace the main job's report and manifest.
+    """
+    base = "reports/quick" if quick else "reports/full"
+    if only is None:
+        return base
+    ids = sorted({i.strip() for i in only.split(",") if i.strip()})
+    return f"{base}-{'+'.join(ids)}" if ids else base
+
+
 def run(args: argparse.Namespace) -> int:
     from .data import DataError
     from .report import write_report
 
-    out = args.out or ("reports/quick" if args.quick else "reports/full")
+    out = args.out or default_out(quick=args.quick, only=args.only)
     try:
         if args.report_only and args.only is None and (Path(out) / "manifest.json").is_file():
             md, html = write_report(out)  # the manifest of the last reproduction, as it was
