@@ -268,10 +268,10 @@ def default_out(*, quick: bool, only: str | None) -> str:
     (``reports/full-depth``, ``reports/quick-article001+figure1``), so that e.g. the depth
     experiment run after the main job does not replace the main job's report and manifest.
     """
+    from .suite import parse_ids
+
     base = "reports/quick" if quick else "reports/full"
-    if only is None:
-        return base
-    ids = sorted({i.strip() for i in only.split(",") if i.strip()})
+    ids = sorted(set(parse_ids(only)))
     return f"{base}-{'+'.join(ids)}" if ids else base
 
 

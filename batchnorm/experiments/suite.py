@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import Config
 
-__all__ = ["Experiment", "EXPERIMENTS", "get_experiments"]
+__all__ = ["Experiment", "EXPERIMENTS", "get_experiments", "parse_ids"]
 
 Runs = list[dict[str, Any]]
 
@@ -944,6 +944,11 @@ EXPERIMENTS.append(
 )
 
 
+def parse_ids(only: str | None) -> list[str]:
+    """The experiment ids of a comma-separated ``--only`` value, in its order, blanks dropped."""
+    return [s.strip() for s in (only or "").split(",") if s.strip()]
+
+
 def get_experiments(only: str | None = None) -> list[Experiment]:
     """The main job's experiments, or those whose ids are listed (comma-separated) in ``only``
     (``all``: every experiment, also those kept out of the main job, such as ``depth``)."""
@@ -951,7 +956,7 @@ def get_experiments(only: str | None = None) -> list[Experiment]:
         return list(EXPERIMENTS)
     if not only:
         return [e for e in EXPERIMENTS if e.in_main_job]
-    ids = [s.strip() for s in only.split(",") if s.strip()]
+    ids = parse_ids(only)
     known = {e.id: e for e in EXPERIMENTS}
     bad = [i for i in ids if i not in known]
     if bad:
