@@ -358,9 +358,17 @@ def plot_bars(
                     lw=1,
                 )
                 ax.plot([pos] * len(v), v, "k.", ms=3)
-            # Vertical, above the whisker: labels of neighbouring bars never overlap.
-            ax.text(
-                pos, v.max(), f" {v.mean():.1f}", ha="center", va="bottom", fontsize=7, rotation=90
+            # Vertical, a few points above the whisker's cap: labels of neighbouring bars never
+            # overlap, and none sits on its own whisker.
+            ax.annotate(
+                f"{v.mean():.1f}",
+                (pos, v.max()),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=90,
             )
     ax.set_xticks(range(len(xs)), xs)
     if ylim:
