@@ -57,3 +57,17 @@ def test_single_seed_bar_has_a_label(tmp_path, monkeypatch):
     plots.plot_bars({"a": {"s": [_run(0.9)]}}, tmp_path / "b.png", title="t", xlabel="x")
     assert [t.get_text().strip() for t in kept[0].axes[0].texts] == ["90.0"]
     plt.close(kept[0])
+
+
+def test_curve_panels_share_one_epoch_range(tmp_path, monkeypatch):
+    kept = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: kept.append(fig) or path)
+    # As a run logs them: test accuracy from epoch 0, training accuracy from epoch 1.
+    metrics = [{"epoch": 0, "test_acc": 0.1}] + [
+        {"epoch": e, "train_acc": 0.5 + 0.1 * e, "test_acc": 0.5 + 0.1 * e} for e in (1, 2, 3)
+    ]
+    plots.plot_curves({"g": [{"metrics": metrics}]}, tmp_path / "c.png", title="t")
+    train_ax, test_ax = kept[0].axes[:2]
+    assert train_ax.get_xlim() == test_ax.get_xlim()
+    assert train_ax.get_xlim()[0] <= 0.0
+    plt.close(kept[0])

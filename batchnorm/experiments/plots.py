@@ -230,6 +230,11 @@ def plot_curves(
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    # One x range for every panel: training accuracy has no epoch-0 point, and its panel
+    # would otherwise start at 1 beside a test panel that starts at 0.
+    lims = [ax.get_xlim() for ax in axes[0]]
+    for ax in axes[0]:
+        ax.set_xlim(min(a for a, _ in lims), max(b for _, b in lims))
     fig.suptitle(title, fontsize=10)
     _note_seeds(fig, _n_seeds(groups.values()))
     return _save(fig, path)
