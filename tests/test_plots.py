@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 
 from batchnorm.experiments import plots  # noqa: E402
@@ -14,14 +15,17 @@ def _run(acc: float) -> dict:
     return {"summary": {"final": {"running": {"test_acc": acc}}}}
 
 
-def test_bar_labels_clear_their_whiskers(tmp_path, monkeypatch):
-    kept = []
+@pytest.fixture
+def kept(monkeypatch):
+    """The figures the plot functions make, kept open instead of saved (closed afterwards)."""
+    figs: list = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    yield figs
+    for fig in figs:
+        plt.close(fig)
 
-    def keep(fig, path):
-        kept.append(fig)
-        return path
 
-    monkeypatch.setattr(plots, "_save", keep)
+def test_bar_labels_clear_their_whiskers(tmp_path, kept):
     # Wide spreads like init.png's "N(0, 3^2)" group (38-52%) and tight ones (95.8-96.1%).
     table = {
         "default": {
@@ -38,7 +42,7 @@ def test_bar_labels_clear_their_whiskers(tmp_path, monkeypatch):
     ax = fig.axes[0]
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    labels = [t for t in ax.texts if t.get_text().strip().replace(".", "").isdigit()]
+    labels = [t for t in ax.texts if t.get_text().replace(".", "").isdigit()]
     assert len(labels) == 4
     whiskers = [line.get_window_extent(renderer) for line in ax.lines]  # caps and seed dots
     whiskers += [c.get_window_extent(renderer) for c in ax.collections]  # the vertical bars
@@ -48,20 +52,14 @@ def test_bar_labels_clear_their_whiskers(tmp_path, monkeypatch):
             if not np.isfinite(w.extents).all() or (w.width == 0 and w.height == 0):
                 continue  # an empty artist
             assert not box.overlaps(w), f"label {text.get_text()} overlaps a whisker at {w}"
-    plt.close(fig)
 
 
-def test_single_seed_bar_has_a_label(tmp_path, monkeypatch):
-    kept = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: kept.append(fig) or path)
+def test_single_seed_bar_has_a_label(tmp_path, kept):
     plots.plot_bars({"a": {"s": [_run(0.9)]}}, tmp_path / "b.png", title="t", xlabel="x")
-    assert [t.get_text().strip() for t in kept[0].axes[0].texts] == ["90.0"]
-    plt.close(kept[0])
+    assert [t.get_text() for t in kept[0].axes[0].texts] == ["90.0"]
 
 
-def test_curve_panels_share_one_epoch_range(tmp_path, monkeypatch):
-    kept = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: kept.append(fig) or path)
+def test_curve_panels_share_one_epoch_range(tmp_path, kept):
     # As a run logs them: test accuracy from epoch 0, training accuracy from epoch 1.
     metrics = [{"epoch": 0, "test_acc": 0.1}] + [
         {"epoch": e, "train_acc": 0.5 + 0.1 * e, "test_acc": 0.5 + 0.1 * e} for e in (1, 2, 3)
@@ -70,4 +68,3 @@ def test_curve_panels_share_one_epoch_range(tmp_path, monkeypatch):
     train_ax, test_ax = kept[0].axes[:2]
     assert train_ax.get_xlim() == test_ax.get_xlim()
     assert train_ax.get_xlim()[0] <= 0.0
-    plt.close(kept[0])
