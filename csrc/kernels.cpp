@@ -180,38 +180,111 @@ inline void my_range(int64_t total, int64_t tid, int64_t nth, int64_t* begin, in
   *end = total * (tid + 1) / nth;
 }
 
-// 8 values as float64 lanes (GCC/Clang vector extensions: explicit, portable SIMD; the
-// auto-vectoriser gives up on these float -> double reductions).
-typedef double vd8 __attribute__((vector_size(64)));
-typedef float vf8 __attribute__((vector_size(32)));
-typedef float vf16 __attribute__((vector_size(64)));
+// SIMD through the GCC/Clang vector extensions (explicit, portable; the auto-vectoriser gives
+// up on these float -> double reductions). The kernels work on 8 float64 lanes (vd8) and 16
+// float32 lanes (vf16) whatever the instruction set; each copy of this file builds them from
+// its own registers: one zmm on AVX-512, two ymm on AVX2, four xmm on the baseline. (A plain
+// 64-byte vector type on AVX2 made GCC 12 move every value through the stack and general
+// registers: on one thread the AVX2 statistics took 2.1 ms channels-last and 14 ms NCHW where
+// AVX-512 took 1.1, at 32x64x56x56.) The lanes are the same in every copy, so each sum is
+// added in the same order whatever the instruction set (the last bits still differ where the
+// compiler fuses a multiply and an add: AVX2 and AVX-512 have FMA, the baseline does not).
+//
+// kTileStats and kTileGrad: the widest tile of the interleaved float32 sums (tiled_rows), in
+// vf16, for the statistics and the backward sums, as measured on the bench's channels-last
+// shapes and 4096x1024 (AVX2: statistics 2, 4, 8, 16 within 15% of each other, 16 the best
+// at C = 64-256; backward sums 2 against 1 and 4 slower by 10-40%). Wider tiles than the
+// registers hold spill to L1, and that costs less than reading rows in narrow strided tiles.
+#if defined(__AVX512F__)
+constexpr int kBytes = 64, kTileStats = 16, kTileGrad = 8;
+#elif defined(__AVX__)
+constexpr int kBytes = 32, kTileStats = 16, kTileGrad = 2;
+#else
+constexpr int kBytes = 16, kTileStats = 2, kTileGrad = 1;
+#endif
 
-inline vd8 load8(const double* p) {
-  vd8 v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
+typedef double vdr __attribute__((vector_size(kBytes)));  // one register
+typedef float vfr __attribute__((vector_size(kBytes)));
+typedef float vfh __attribute__((vector_size(kBytes / 2)));  // half a register
+
+// P registers R of E as one vector, element-wise arithmetic register by register.
+template <typename E, typename R, int P>
+struct Wide {
+  static constexpr int kLanes = kBytes / static_cast<int>(sizeof(E));
+  static constexpr int kParts = P;
+  typedef R Reg;
+  R part[P];
+  E operator[](int j) const { return part[j / kLanes][j % kLanes]; }
+  Wide& operator+=(const Wide& o) {
+    for (int i = 0; i < P; ++i) part[i] += o.part[i];
+    return *this;
+  }
+};
+template <typename E, typename R, int P>
+inline Wide<E, R, P> operator+(Wide<E, R, P> a, const Wide<E, R, P>& b) {
+  return a += b;
 }
-// As many values of T as V has float lanes (V = vf8 or vf16).
-template <typename V>
-inline V loadv(const float* p) {
+template <typename E, typename R, int P>
+inline Wide<E, R, P> operator-(Wide<E, R, P> a, const Wide<E, R, P>& b) {
+  for (int i = 0; i < P; ++i) a.part[i] -= b.part[i];
+  return a;
+}
+template <typename E, typename R, int P>
+inline Wide<E, R, P> operator*(Wide<E, R, P> a, const Wide<E, R, P>& b) {
+  for (int i = 0; i < P; ++i) a.part[i] *= b.part[i];
+  return a;
+}
+// k - Wide{}: k in every lane.
+template <typename E, typename R, int P>
+inline Wide<E, R, P> operator-(E k, Wide<E, R, P> a) {
+  for (int i = 0; i < P; ++i) a.part[i] = k - a.part[i];
+  return a;
+}
+
+// The register type itself where the lanes fill one register, else Wide.
+template <typename E, typename R, int P>
+struct VecOf {
+  typedef Wide<E, R, P> type;
+};
+template <typename E, typename R>
+struct VecOf<E, R, 1> {
+  typedef R type;
+};
+typedef VecOf<double, vdr, 64 / kBytes>::type vd8;
+typedef VecOf<float, vfr, 64 / kBytes>::type vf16;
+template <typename V> struct PartsOf { static constexpr int value = 1; };
+template <typename E, typename R, int P> struct PartsOf<Wide<E, R, P>> { static constexpr int value = P; };
+
+// The 16-bit and 32-bit integer vectors with as many lanes as a float vector of B bytes.
+template <int B> struct Lanes;
+template <> struct Lanes<8> {
+  typedef uint16_t H __attribute__((vector_size(4)));
+  typedef uint32_t U __attribute__((vector_size(8)));
+};
+template <> struct Lanes<16> {
+  typedef uint16_t H __attribute__((vector_size(8)));
+  typedef uint32_t U __attribute__((vector_size(16)));
+};
+template <> struct Lanes<32> {
+  typedef uint16_t H __attribute__((vector_size(16)));
+  typedef uint32_t U __attribute__((vector_size(32)));
+};
+template <> struct Lanes<64> {
+  typedef uint16_t H __attribute__((vector_size(32)));
+  typedef uint32_t U __attribute__((vector_size(64)));
+};
+
+// A plain vector type V loaded from as many values of T as it has lanes.
+template <typename V, typename T>
+inline V loadn(const T* p) {  // float, double
   V v;
   __builtin_memcpy(&v, p, sizeof v);
   return v;
 }
-// The 16-bit and 32-bit integer vectors with as many lanes as V.
-template <typename V> struct Lanes;
-template <> struct Lanes<vf8> {
-  typedef uint16_t H __attribute__((vector_size(16)));
-  typedef uint32_t U __attribute__((vector_size(32)));
-};
-template <> struct Lanes<vf16> {
-  typedef uint16_t H __attribute__((vector_size(32)));
-  typedef uint32_t U __attribute__((vector_size(64)));
-};
 template <typename V>
-inline V loadv(const bf16* p) {  // bf16 is the top half of a float
-  typedef typename Lanes<V>::H H;
-  typedef typename Lanes<V>::U U;
+inline V loadn(const bf16* p) {  // bf16 is the top half of a float
+  typedef typename Lanes<sizeof(V)>::H H;
+  typedef typename Lanes<sizeof(V)>::U U;
   H h;
   __builtin_memcpy(&h, p, sizeof h);
   const U u = __builtin_convertvector(h, U) << 16;
@@ -220,16 +293,53 @@ inline V loadv(const bf16* p) {  // bf16 is the top half of a float
   return v;
 }
 template <typename V>
-inline V loadv(const f16* p) {
+inline V loadn(const f16* p) {
   V v = {};
   for (int j = 0; j < static_cast<int>(sizeof(V) / sizeof(float)); ++j) v[j] = to_acc(p[j]);
   return v;
 }
+
+// Loads and stores of vd8 / vf16, one register or Wide.
+template <typename V, typename T>
+inline V loadv(const T* p, IC<1>) {
+  return loadn<V>(p);
+}
+template <typename V, typename T, int P>
+inline V loadv(const T* p, IC<P>) {
+  V v;
+  for (int i = 0; i < P; ++i) v.part[i] = loadn<typename V::Reg>(p + i * V::kLanes);
+  return v;
+}
+template <typename V, typename T>
+inline V loadv(const T* p) {
+  return loadv<V>(p, IC<PartsOf<V>::value>());
+}
+template <typename E, typename V>
+inline void storev(E* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof v);  // a Wide is its registers, in order
+}
+
+inline vd8 load8(const double* p) { return loadv<vd8>(p); }
+// 8 values of T as float64: each register from half a register of floats.
+template <typename T>
+inline vdr load_half(const T* p) {
+  return __builtin_convertvector(loadn<vfh>(p), vdr);
+}
+template <typename V, typename T>
+inline V load8(const T* p, IC<1>) {
+  return load_half(p);
+}
+template <typename V, typename T, int P>
+inline V load8(const T* p, IC<P>) {
+  V v;
+  for (int i = 0; i < P; ++i) v.part[i] = load_half(p + i * V::kLanes);
+  return v;
+}
 template <typename T>
 inline vd8 load8(const T* p) {
-  return __builtin_convertvector(loadv<vf8>(p), vd8);
+  return load8<vd8>(p, IC<PartsOf<vd8>::value>());
 }
-inline double hsum(vd8 v) {
+inline double hsum(const vd8& v) {
   double s = 0;
   for (int j = 0; j < 8; ++j) s += v[j];
   return s;
@@ -295,8 +405,8 @@ inline void interleaved_sums(int64_t r0, int64_t r1, int64_t C, double* s1, doub
       vd8 a1 = load8(s1 + c), a2 = load8(s2 + c);
       a1 += (d0 + d1) + (d2 + d3);
       a2 += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
-      __builtin_memcpy(s1 + c, &a1, sizeof a1);
-      __builtin_memcpy(s2 + c, &a2, sizeof a2);
+      storev(s1 + c, a1);
+      storev(s2 + c, a2);
     }
     for (; c < C; ++c)
       for (int j = 0; j < 4; ++j) {
@@ -329,8 +439,8 @@ inline void interleaved_grad_sums(int64_t r0, int64_t r1, int64_t C, const T* dy
         a1 += g;
         a2 += g * (load8(x + e) - mv);
       }
-      __builtin_memcpy(s1 + c, &a1, sizeof a1);
-      __builtin_memcpy(s2 + c, &a2, sizeof a2);
+      storev(s1 + c, a1);
+      storev(s2 + c, a2);
     }
     for (; c < C; ++c)
       for (int j = 0; j < 4; ++j) {
@@ -350,7 +460,7 @@ inline void interleaved_grad_sums(int64_t r0, int64_t r1, int64_t C, const T* dy
 }
 
 // Single-precision inputs (float32, bfloat16, float16), interleaved rows, C >= 16: the
-// channels are cut into tiles of up to 16 vectors of 16 (see tiled_rows), and each tile's sums
+// channels are cut into tiles of up to kTileStats vf16 (see tiled_rows), and each tile's sums
 // stay in registers, in float32, over a block of kBlockRows rows before they are added to the
 // float64 accumulators. Per element that is a load, a subtraction and two additions: the
 // row-by-row float64 version stored and reloaded its accumulators every four rows and
@@ -365,20 +475,20 @@ template <typename T>
 inline vf16 loadf(const T* p) {
   return loadv<vf16>(p);
 }
-inline void storef(float* p, vf16 v) { __builtin_memcpy(p, &v, sizeof v); }
+inline void storef(float* p, const vf16& v) { storev(p, v); }
 template <typename H>  // bf16, f16: rounded one by one (from_acc)
-inline void storef(H* p, vf16 v) {
+inline void storef(H* p, const vf16& v) {
   for (int j = 0; j < 16; ++j) from_acc(v[j], p + j);
 }
 
 // acc[0..16) += v, in float64.
-inline void add_to(double* acc, vf16 v) {
+inline void add_to(double* acc, const vf16& v) {
   for (int j = 0; j < 16; ++j) acc[j] += static_cast<double>(v[j]);
 }
 
 // One tile of NV vectors (channels [c0, c0 + 16 NV)) over rows [rb, re), re - rb <= kBlockRows,
-// one row after the other into accumulators that stay in registers (2 NV of the 32 vector
-// registers, so NV <= 16; the per-channel constants are read from L1). `term(offset, j, &t1,
+// one row after the other into accumulators that stay in registers (2 NV vf16: on AVX-512 2 NV
+// of the 32 registers, so NV <= 16; the per-channel constants are read from L1). `term(offset, j, &t1,
 // &t2)` gives the two summands of vector j at element offset `offset`. (Adding two rows first,
 // or keeping two chains, measured slower at C >= 128: the extra registers spill.)
 template <int NV, typename Term>
@@ -425,7 +535,7 @@ inline void tiled_rows(int64_t r0, int64_t r1, int64_t C, Tile tile, Tail tail) 
 template <typename T>
 inline void interleaved_sums_f32(const T* x, int64_t r0, int64_t r1, int64_t C, const float* kf,
                                  const double* k, double* s1, double* s2) {
-  tiled_rows<16>(
+  tiled_rows<kTileStats>(
       r0, r1, C,
       [&](auto nv, int64_t rb, int64_t re, int64_t c0) {
         const float* kc = kf + c0;
@@ -449,8 +559,8 @@ template <typename T>
 inline void interleaved_grad_sums_f32(const T* dy, const T* x, int64_t r0, int64_t r1, int64_t C,
                                       const float* hi, const float* lo, const double* mean,
                                       double* s1, double* s2) {
-  // At most 8 vectors a tile: two streams and their temporaries need the registers.
-  tiled_rows<8>(
+  // Narrower tiles than the statistics: two streams and their temporaries need registers.
+  tiled_rows<kTileGrad>(
       r0, r1, C,
       [&](auto nv, int64_t rb, int64_t re, int64_t c0) {
         const float* h = hi + c0;
