@@ -315,8 +315,17 @@ inline V loadv(const T* p) {
   return loadv<V>(p, IC<PartsOf<V>::value>());
 }
 template <typename E, typename V>
+inline void storev(E* p, const V& v, IC<1>) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+template <typename E, typename V, int P>
+inline void storev(E* p, const V& v, IC<P>) {  // register by register (a memcpy of the whole
+  for (int i = 0; i < P; ++i)                   // Wide went through the stack)
+    __builtin_memcpy(p + i * V::kLanes, &v.part[i], sizeof v.part[i]);
+}
+template <typename E, typename V>
 inline void storev(E* p, const V& v) {
-  __builtin_memcpy(p, &v, sizeof v);  // a Wide is its registers, in order
+  storev(p, v, IC<PartsOf<V>::value>());
 }
 
 inline vd8 load8(const double* p) { return loadv<vd8>(p); }
