@@ -619,7 +619,8 @@ def test_bench_runs_and_writes_its_rows(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    (saved,) = (tmp_path / "results").glob("*-float32-t*.txt")  # named by date and CPU
+    (saved,) = (tmp_path / "results").glob("*-float32-t*.txt")  # named by date, CPU, ISA
+    assert f"-{_cpu.info()['isa']}-float32-t" in saved.name
     text = saved.read_text()
     assert "host:" in text and "CPU path: kernels, ISA" in text and "copy bandwidth" in text
     rows = json.loads(out.read_text())["rows"]

@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save",
         default=None,
-        help="folder for the raw output, named by date and CPU (default: benchmarks/results "
+        help="folder for the raw output, named by date, CPU and instruction set (default: benchmarks/results "
         "of the source checkout, or none for an installed copy)",
     )
     parser.add_argument("--no-save", action="store_true", help="do not save the raw output")
@@ -452,7 +452,13 @@ def _parent(args: argparse.Namespace) -> int:
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         stamp = time.strftime("%Y-%m-%d-%H%M%S")
-        name = f"{stamp}-{_slug(cpu_model())}-{args.dtype}-t{torch.get_num_threads()}.txt"
+        from ..core import kernels
+
+        # The instruction set in the name too: BATCHNORM_CPU_ISA runs another path on one CPU.
+        isa = kernels.info().get("isa") or "none"
+        name = (
+            f"{stamp}-{_slug(cpu_model())}-{_slug(isa)}-{args.dtype}-t{torch.get_num_threads()}.txt"
+        )
         path = os.path.join(out_dir, name)
         with open(path, "w") as f:
             f.write(buf.getvalue())
