@@ -187,8 +187,9 @@ inline void my_range(int64_t total, int64_t tid, int64_t nth, int64_t* begin, in
 // 64-byte vector type on AVX2 made GCC 12 move every value through the stack and general
 // registers: on one thread the AVX2 statistics took 2.1 ms channels-last and 14 ms NCHW where
 // AVX-512 took 1.1, at 32x64x56x56.) The lanes are the same in every copy, so each sum is
-// added in the same order whatever the instruction set (the last bits still differ where the
-// compiler fuses a multiply and an add: AVX2 and AVX-512 have FMA, the baseline does not).
+// added in the same order whatever the instruction set (the last bits can still differ where
+// the compiler fuses a multiply and an add in one copy and not in another: the baseline has no
+// FMA, and one float64 backward sum differed between AVX2 and AVX-512 in a check).
 //
 // kTileStats and kTileGrad: the widest tile of the interleaved float32 sums (tiled_rows), in
 // vf16, for the statistics and the backward sums, as measured on the bench's channels-last
@@ -255,7 +256,8 @@ typedef VecOf<float, vfr, 64 / kBytes>::type vf16;
 template <typename V> struct PartsOf { static constexpr int value = 1; };
 template <typename E, typename R, int P> struct PartsOf<Wide<E, R, P>> { static constexpr int value = P; };
 
-// The 16-bit and 32-bit integer vectors with as many lanes as a float vector of B bytes.
+// The 16-bit and 32-bit integer vectors with as many lanes as a float vector of B bytes
+// (spelled out: GCC 12 made no vector of a vector_size that depends on a template parameter).
 template <int B> struct Lanes;
 template <> struct Lanes<8> {
   typedef uint16_t H __attribute__((vector_size(4)));
