@@ -183,7 +183,7 @@ inline void my_range(int64_t total, int64_t tid, int64_t nth, int64_t* begin, in
 // SIMD through the GCC/Clang vector extensions (explicit, portable; the auto-vectoriser gives
 // up on these float -> double reductions). The kernels work on 8 float64 lanes (vd8) and 16
 // float32 lanes (vf16) whatever the instruction set; each copy of this file builds them from
-// its own registers: one zmm on AVX-512, two ymm on AVX2, four xmm on the baseline. (A plain
+// its own registers (Wide): one zmm on AVX-512, two ymm on AVX2, four xmm on the baseline. (A plain
 // 64-byte vector type on AVX2 made GCC 12 move every value through the stack and general
 // registers: on one thread the AVX2 statistics took 2.1 ms channels-last and 14 ms NCHW where
 // AVX-512 took 1.1, at 32x64x56x56.) The lanes are the same in every copy, so each sum is
@@ -208,7 +208,8 @@ typedef double vdr __attribute__((vector_size(kBytes)));  // one register
 typedef float vfr __attribute__((vector_size(kBytes)));
 typedef float vfh __attribute__((vector_size(kBytes / 2)));  // half a register
 
-// P registers R of E as one vector, element-wise arithmetic register by register.
+// P registers R of E as one vector (P = 1 on AVX-512), element-wise arithmetic register by
+// register.
 template <typename E, typename R, int P>
 struct Wide {
   static constexpr int kLanes = kBytes / static_cast<int>(sizeof(E));
@@ -242,19 +243,8 @@ inline Wide<E, R, P> operator-(E k, Wide<E, R, P> a) {
   return a;
 }
 
-// The register type itself where the lanes fill one register, else Wide.
-template <typename E, typename R, int P>
-struct VecOf {
-  typedef Wide<E, R, P> type;
-};
-template <typename E, typename R>
-struct VecOf<E, R, 1> {
-  typedef R type;
-};
-typedef VecOf<double, vdr, 64 / kBytes>::type vd8;
-typedef VecOf<float, vfr, 64 / kBytes>::type vf16;
-template <typename V> struct PartsOf { static constexpr int value = 1; };
-template <typename E, typename R, int P> struct PartsOf<Wide<E, R, P>> { static constexpr int value = P; };
+typedef Wide<double, vdr, 64 / kBytes> vd8;
+typedef Wide<float, vfr, 64 / kBytes> vf16;
 
 // The 16-bit and 32-bit integer vectors with as many lanes as a float vector of B bytes
 // (spelled out: GCC 12 made no vector of a vector_size that depends on a template parameter).
@@ -301,54 +291,28 @@ inline V loadn(const f16* p) {
   return v;
 }
 
-// Loads and stores of vd8 / vf16, one register or Wide.
-template <typename V, typename T>
-inline V loadv(const T* p, IC<1>) {
-  return loadn<V>(p);
-}
-template <typename V, typename T, int P>
-inline V loadv(const T* p, IC<P>) {
-  V v;
-  for (int i = 0; i < P; ++i) v.part[i] = loadn<typename V::Reg>(p + i * V::kLanes);
-  return v;
-}
+// Loads and stores of vd8 / vf16, register by register (a memcpy of a whole Wide of two or
+// four registers went through the stack).
 template <typename V, typename T>
 inline V loadv(const T* p) {
-  return loadv<V>(p, IC<PartsOf<V>::value>());
-}
-template <typename E, typename V>
-inline void storev(E* p, const V& v, IC<1>) {
-  __builtin_memcpy(p, &v, sizeof v);
-}
-template <typename E, typename V, int P>
-inline void storev(E* p, const V& v, IC<P>) {  // register by register (a memcpy of the whole
-  for (int i = 0; i < P; ++i)                   // Wide went through the stack)
-    __builtin_memcpy(p + i * V::kLanes, &v.part[i], sizeof v.part[i]);
+  V v;
+  for (int i = 0; i < V::kParts; ++i) v.part[i] = loadn<typename V::Reg>(p + i * V::kLanes);
+  return v;
 }
 template <typename E, typename V>
 inline void storev(E* p, const V& v) {
-  storev(p, v, IC<PartsOf<V>::value>());
+  for (int i = 0; i < V::kParts; ++i)
+    __builtin_memcpy(p + i * V::kLanes, &v.part[i], sizeof v.part[i]);
 }
 
 inline vd8 load8(const double* p) { return loadv<vd8>(p); }
 // 8 values of T as float64: each register from half a register of floats.
 template <typename T>
-inline vdr load_half(const T* p) {
-  return __builtin_convertvector(loadn<vfh>(p), vdr);
-}
-template <typename V, typename T>
-inline V load8(const T* p, IC<1>) {
-  return load_half(p);
-}
-template <typename V, typename T, int P>
-inline V load8(const T* p, IC<P>) {
-  V v;
-  for (int i = 0; i < P; ++i) v.part[i] = load_half(p + i * V::kLanes);
-  return v;
-}
-template <typename T>
 inline vd8 load8(const T* p) {
-  return load8<vd8>(p, IC<PartsOf<vd8>::value>());
+  vd8 v;
+  for (int i = 0; i < vd8::kParts; ++i)
+    v.part[i] = __builtin_convertvector(loadn<vfh>(p + i * vd8::kLanes), vdr);
+  return v;
 }
 inline double hsum(const vd8& v) {
   double s = 0;
