@@ -322,10 +322,9 @@ inline double hsum(const vd8& v) {
   return s;
 }
 
-// Sums of d = x - k and d^2 over n contiguous values, in float64: 16 lanes in two
-// independent chains so the additions overlap.
-template <typename T>
-inline void shifted_sums(const T* p, int64_t n, double k, double* s1, double* s2) {
+// Sums of d = x - k and d^2 over n contiguous float64 values, in float64: 16 lanes in two
+// independent chains so the additions overlap. (Single-precision runs: run_sums_f32.)
+inline void shifted_sums(const double* p, int64_t n, double k, double* s1, double* s2) {
   const vd8 kv = k - vd8{};
   vd8 a1 = {}, a2 = {}, b1 = {}, b2 = {};
   int64_t i = 0;
@@ -338,7 +337,7 @@ inline void shifted_sums(const T* p, int64_t n, double k, double* s1, double* s2
   }
   double t1 = hsum(a1 + b1), t2 = hsum(a2 + b2);
   for (; i < n; ++i) {
-    double d = static_cast<double>(to_acc(p[i])) - k;
+    double d = p[i] - k;
     t1 += d;
     t2 += d * d;
   }
@@ -346,9 +345,9 @@ inline void shifted_sums(const T* p, int64_t n, double k, double* s1, double* s2
   *s2 += t2;
 }
 
-// Sums of dy and dy * (x - mean) over n contiguous values, in float64.
-template <typename T>
-inline void grad_sums(const T* dy, const T* x, int64_t n, double mean, double* s1, double* s2) {
+// Sums of dy and dy * (x - mean) over n contiguous float64 values, in float64.
+inline void grad_sums(const double* dy, const double* x, int64_t n, double mean, double* s1,
+                      double* s2) {
   const vd8 mv = mean - vd8{};
   vd8 a1 = {}, a2 = {}, b1 = {}, b2 = {};
   int64_t i = 0;
@@ -361,9 +360,9 @@ inline void grad_sums(const T* dy, const T* x, int64_t n, double mean, double* s
   }
   double t1 = hsum(a1 + b1), t2 = hsum(a2 + b2);
   for (; i < n; ++i) {
-    double g = static_cast<double>(to_acc(dy[i]));
+    double g = dy[i];
     t1 += g;
-    t2 += g * (static_cast<double>(to_acc(x[i])) - mean);
+    t2 += g * (x[i] - mean);
   }
   *s1 += t1;
   *s2 += t2;
@@ -699,8 +698,9 @@ void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean,
             *u1 = d;
             *u2 = d * d;
           });
+        } else {
+          shifted_sums(x + e, len, k[c], a1, a2);
         }
-        shifted_sums(x + e, len, k[c], a1, a2);
       },
       [&](int64_t r0, int64_t r1, double* a1, double* a2) {
         if constexpr (!Same<T, double>::value)
@@ -745,8 +745,9 @@ void backward_reduce(const T* dy, const T* x, int64_t outer, int64_t C, int64_t 
             *u1 = gi;
             *u2 = gi * (static_cast<double>(to_acc(p[i])) - mc);
           });
+        } else {
+          grad_sums(dy + e, x + e, len, mean[c], a1, a2);
         }
-        grad_sums(dy + e, x + e, len, mean[c], a1, a2);
       },
       [&](int64_t r0, int64_t r1, double* a1, double* a2) {
         if constexpr (!Same<T, double>::value)
