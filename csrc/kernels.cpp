@@ -20,12 +20,14 @@
 //   stats: per channel a shift K = the first sample; d = x - K in float64; sums of d and
 //          d^2 in float64 per thread (16 independent lanes), added across threads (same K,
 //          so partial sums simply add). mean = K + S1/m (float64),
-//          var = (S2 - S1^2/m)/m. (K - mean)^2 <= m var because K is one of the samples,
-//          so the cancellation costs at most log10(1 + m) of float64's 16 digits.
+//          var = max((S2 - S1^2/m)/m, 0), a NaN kept. (K - mean)^2 <= m var because K is
+//          one of the samples, so the cancellation costs at most log10(1 + m) of float64's
+//          16 digits.
 //          A constant channel gives d == 0: var == 0 and mean == K exactly.
 //          Single-precision input (planar, and interleaved with C >= 16) sums blocks of 16
 //          values per lane in float32 registers first, about K = the float32 mean of the
-//          channel's first 16 samples (run_sums_f32, interleaved_sums_f32).
+//          channel's first 16 samples (run_sums_f32, interleaved_sums_f32); the planar runs
+//          add their blocks to 8 float64 lanes per channel, summed once per thread.
 //   normalize / backward_elemt: x - mean as (x - hi) - lo with hi = acc(mean),
 //          lo = acc(mean - hi), in the accumulation type (float for float/bf16/half).
 //   backward_reduce: sums of dy and dy * (x - mean) in float64 (single precision: the same
@@ -55,7 +57,8 @@ constexpr int64_t kGrain = 1 << 15;
 // What the std:: helpers would be, with internal linkage (see the top of the file).
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
-inline double dmax(double a, double b) { return a > b ? a : b; }
+// max(v, 0) that keeps a NaN (a > b ? a : b gave 0 for a NaN variance, where torch gives NaN).
+inline double clamp0(double v) { return v < 0.0 ? 0.0 : v; }
 inline float bn_sqrt(float v) { return __builtin_sqrtf(v); }
 inline double bn_sqrt(double v) { return __builtin_sqrt(v); }
 template <int N> struct IC { static constexpr int value = N; };
@@ -558,17 +561,58 @@ inline void interleaved_grad_sums_f32(const T* dy, const T* x, int64_t r0, int64
       });
 }
 
+// v with its first kVec - r lanes zeroed (bitwise, so a NaN or inf there leaves no trace), 0 < r < kVec.
+inline vf16 keep_last(vf16 v, int64_t r) {
+  typedef uint32_t vur __attribute__((vector_size(kBytes)));
+  alignas(64) static const uint32_t ones[2 * kVec] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u,
+                                                      0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u,
+                                                      ~0u, ~0u, ~0u, ~0u, ~0u, ~0u, ~0u, ~0u,
+                                                      ~0u, ~0u, ~0u, ~0u, ~0u, ~0u, ~0u, ~0u};
+  const uint32_t* m = ones + r;
+  for (int i = 0; i < vf16::kParts; ++i) {
+    vur u, k;
+    __builtin_memcpy(&u, &v.part[i], sizeof u);
+    __builtin_memcpy(&k, m + i * vf16::kLanes, sizeof k);
+    u &= k;
+    __builtin_memcpy(&v.part[i], &u, sizeof u);
+  }
+  return v;
+}
+
+// *d += v[0..8) + v[8..16), in float64.
+inline void flush(const vf16& v, vd8* d) {
+  alignas(64) float f[kVec];
+  storef(f, v);
+  *d += load8(f) + load8(f + 8);
+}
+
 // One channel's contiguous run of n values (planar layout), single precision: two accumulators
 // over alternate vectors, each lane summing at most kBlockRows values in float32 before they are
-// added to float64 (the bound of the interleaved rows above). The last n % 16 values are added in
-// float64. `term(i, &t1, &t2)` gives the two summands of the vector at i, `scalar(i, &u1, &u2)`
-// those of value i in float64. (The float64 lanes of shifted_sums / grad_sums convert every
-// value to float64, and on AVX2 that was the bound: 32x64x56x56 backward sums 1.22 ms on two
-// threads against 1.00 for the channels-last float32 blocks of the same size.)
+// added to the channel's 8 float64 lanes l1[0..8), l2[0..8) (added up once per chunk, by reduce:
+// a horizontal sum per run cost 0.14 ms of the 0.62 of the 128x256x14x14 statistics). The last
+// n % 16 values are the vector ending at n with its other lanes zeroed (keep_last), added to the
+// lanes directly. `term(i, &t1, &t2)` gives the two summands of the vector at i; a run shorter
+// than a vector goes value by value, `scalar(i, &u1, &u2)` in float64 into *s1, *s2. (The
+// float64 lanes of shifted_sums / grad_sums convert every value to float64, and on AVX2 that
+// was the bound: 32x64x56x56 backward sums 1.22 ms on two threads against 1.00 for the
+// channels-last float32 blocks of the same size.)
 template <typename Term, typename Scalar>
-inline void run_sums_f32(int64_t n, double* s1, double* s2, Term term, Scalar scalar) {
+inline void run_sums_f32(int64_t n, double* l1, double* l2, double* s1, double* s2, Term term,
+                         Scalar scalar) {
+  if (n < kVec) {
+    double t1 = 0, t2 = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      double u1, u2;
+      scalar(i, &u1, &u2);
+      t1 += u1;
+      t2 += u2;
+    }
+    *s1 += t1;
+    *s2 += t2;
+    return;
+  }
   constexpr int NA = 2;
-  vd8 d1 = {}, d2 = {};
+  vd8 d1 = load8(l1), d2 = load8(l2);
   const int64_t nv = n / kVec * kVec;
   int64_t i = 0;
   while (i < nv) {
@@ -589,28 +633,25 @@ inline void run_sums_f32(int64_t n, double* s1, double* s2, Term term, Scalar sc
       a2[j] += t2;
     }
     for (int j = 0; j < NA; ++j) {
-      alignas(64) float f1[kVec], f2[kVec];
-      storef(f1, a1[j]);
-      storef(f2, a2[j]);
-      d1 += load8(f1) + load8(f1 + 8);
-      d2 += load8(f2) + load8(f2 + 8);
+      flush(a1[j], &d1);
+      flush(a2[j], &d2);
     }
   }
-  double t1 = hsum(d1), t2 = hsum(d2);
-  for (; i < n; ++i) {
-    double u1, u2;
-    scalar(i, &u1, &u2);
-    t1 += u1;
-    t2 += u2;
+  if (n > nv) {
+    vf16 t1, t2;
+    term(n - kVec, &t1, &t2);
+    flush(keep_last(t1, n - nv), &d1);
+    flush(keep_last(t2, n - nv), &d2);
   }
-  *s1 += t1;
-  *s2 += t2;
+  storev(l1, d1);
+  storev(l2, d2);
 }
 
 // ------------------------------------------------------------------ reductions (stats, backward_reduce)
 
 // Reduce over (outer, C, inner) into per-thread partial sums part[tid][2][C], then add them.
-// planar_run(c, offset, length, s1*, s2*) accumulates one contiguous run of channel c;
+// planar_run(c, offset, length, s1*, s2*, lanes*) accumulates one contiguous run of channel c
+// (into s1, s2, or into the channel's 16 float64 lanes, 8 per sum, added to s1, s2 at the end);
 // interleaved_rows(row_begin, row_end, s1[C], s2[C]) a block of rows of C channels.
 // Each thread accumulates in an array it allocates itself and copies it into `part` once at
 // the end. The interleaved rows add into all C sums every kBlockRows rows; with the threads'
@@ -632,15 +673,24 @@ void reduce(int64_t outer, int64_t C, int64_t inner, const bn_par* par, double* 
     double* p2 = p1 + C;
     int64_t begin, end;
     if (inner > 1) {
+      // Per channel 8 float64 lanes of each sum, for the runs of a vector or more
+      // (run_sums_f32).
+      const bool wide = inner >= kVec;
+      Buf<double> lanes(wide ? 16 * C : 0);
       my_range(total, tid, nth, &begin, &end);
       int64_t e = begin;
       while (e < end) {
         const int64_t row = e / inner, off = e - row * inner;
         const int64_t len = imin(inner - off, end - e);
         const int64_t c = row % C;
-        planar_run(c, e, len, p1 + c, p2 + c);
+        planar_run(c, e, len, p1 + c, p2 + c, lanes.data() + (wide ? 16 * c : 0));
         e += len;
       }
+      if (wide)
+        for (int64_t c = 0; c < C; ++c) {
+          p1[c] += hsum(load8(lanes.data() + 16 * c));
+          p2[c] += hsum(load8(lanes.data() + 16 * c + 8));
+        }
     } else {
       my_range(outer, tid, nth, &begin, &end);
       interleaved_rows(begin, end, p1, p2);
@@ -684,12 +734,12 @@ void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean,
   Buf<double> s1(C), s2(C);
   reduce(
       outer, C, inner, par, s1.data(), s2.data(),
-      [&](int64_t c, int64_t e, int64_t len, double* a1, double* a2) {
+      [&](int64_t c, int64_t e, int64_t len, double* a1, double* a2, double* lanes) {
         if constexpr (!Same<T, double>::value) {
           const T* p = x + e;
           const vf16 kv = kf[c] - vf16{};
           const double kc = k[c];
-          return run_sums_f32(len, a1, a2, [&](int64_t i, vf16* t1, vf16* t2) {
+          return run_sums_f32(len, lanes, lanes + 8, a1, a2, [&](int64_t i, vf16* t1, vf16* t2) {
             const vf16 d = loadf(p + i) - kv;
             *t1 = d;
             *t2 = d * d;
@@ -699,6 +749,7 @@ void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean,
             *u2 = d * d;
           });
         } else {
+          (void)lanes;
           shifted_sums(x + e, len, k[c], a1, a2);
         }
       },
@@ -715,7 +766,7 @@ void stats(const T* x, int64_t outer, int64_t C, int64_t inner, double* mean,
   for (int64_t c = 0; c < C; ++c) {
     const double d_mean = s1[c] / m;
     mean[c] = k[c] + d_mean;
-    var[c] = static_cast<typename Acc<T>::type>(dmax((s2[c] - s1[c] * d_mean) / m, 0.0));
+    var[c] = static_cast<typename Acc<T>::type>(clamp0((s2[c] - s1[c] * d_mean) / m));
   }
 }
 
@@ -730,13 +781,13 @@ void backward_reduce(const T* dy, const T* x, int64_t outer, int64_t C, int64_t 
   const float* lo = LO.data();
   reduce(
       outer, C, inner, par, o1.data(), o2.data(),
-      [&](int64_t c, int64_t e, int64_t len, double* a1, double* a2) {
+      [&](int64_t c, int64_t e, int64_t len, double* a1, double* a2, double* lanes) {
         if constexpr (!Same<T, double>::value) {
           const T* g = dy + e;
           const T* p = x + e;
           const vf16 hv = hi[c] - vf16{}, lv = lo[c] - vf16{};
           const double mc = mean[c];
-          return run_sums_f32(len, a1, a2, [&](int64_t i, vf16* t1, vf16* t2) {
+          return run_sums_f32(len, lanes, lanes + 8, a1, a2, [&](int64_t i, vf16* t1, vf16* t2) {
             const vf16 gv = loadf(g + i);
             *t1 = gv;
             *t2 = gv * ((loadf(p + i) - hv) - lv);
@@ -746,6 +797,7 @@ void backward_reduce(const T* dy, const T* x, int64_t outer, int64_t C, int64_t 
             *u2 = gi * (static_cast<double>(to_acc(p[i])) - mc);
           });
         } else {
+          (void)lanes;
           grad_sums(dy + e, x + e, len, mean[c], a1, a2);
         }
       },

@@ -222,6 +222,40 @@ def test_constant_channel_gives_exactly_beta(layout: str, dtype: torch.dtype, is
     assert var[0].item() == 0.0 and mean[0].item() == x.select(axis, 0).flatten()[0].double().item()
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_planar_runs_of_every_length_and_their_tails(dtype: torch.dtype, isa: str):
+    """Runs of 1 to 49 values: whole 16-lane vectors, the last vector ending at the run's end
+    with the lanes already counted zeroed, and runs shorter than a vector. A NaN or inf in one
+    channel stays in that channel, wherever it falls in the run."""
+    g = torch.Generator().manual_seed(11)
+    for inner in range(1, 50):
+        x = (torch.randn(3, 4, inner, generator=g, dtype=torch.float64) * 2 + 5).to(dtype)
+        dy = torch.randn(x.shape, generator=g).to(dtype)
+        x64, dy64 = _np(x).astype(np.float64), _np(dy).astype(np.float64)
+        m_ref = x64.mean((0, 2))
+        v_ref = x64.var((0, 2))
+        g_ref = dy64.sum((0, 2))
+        gx_ref = (dy64 * (x64 - m_ref[None, :, None])).sum((0, 2))
+        mean, var = FAST.stats(x, 1)
+        sum_dy, sum_dy_xmu = FAST.backward_reduce(dy, x, 1, mean)
+        np.testing.assert_allclose(_np(mean), m_ref, rtol=1e-7)
+        np.testing.assert_allclose(_np(var), v_ref, rtol=1e-6)
+        np.testing.assert_allclose(_np(sum_dy), g_ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(_np(sum_dy_xmu), gx_ref, rtol=1e-5, atol=1e-4)
+        for pos in sorted({0, inner // 2, inner - 1}):
+            for bad in (float("nan"), float("inf")):
+                xb = x.clone()
+                xb[1, 2, pos] = bad
+                mean, var = FAST.stats(xb, 1)
+                sum_dy, sum_dy_xmu = FAST.backward_reduce(dy, xb, 1, mean)
+                assert torch.isnan(var[2]) and (torch.isnan(mean[2]) or torch.isinf(mean[2]))
+                assert torch.isnan(sum_dy_xmu[2]) or torch.isinf(sum_dy_xmu[2])
+                keep = [0, 1, 3]
+                np.testing.assert_allclose(_np(mean)[keep], m_ref[keep], rtol=1e-7)
+                np.testing.assert_allclose(_np(var)[keep], v_ref[keep], rtol=1e-6)
+                np.testing.assert_allclose(_np(sum_dy), g_ref, rtol=1e-5, atol=1e-5)
+
+
 def test_fallback_for_layouts_and_types_the_kernels_do_not_read():
     x, _ = _layout("nchw-big", torch.float32)
     for odd in (x.transpose(2, 3), x[:, :, ::2], x.permute(0, 2, 1, 3)):  # not dense along C
