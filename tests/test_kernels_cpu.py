@@ -66,6 +66,9 @@ def _layout(name: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor,
         "2d-big": ((1031, 67), 1, None),
         "2d-wide": ((517, 131), 1, None),  # C = 131: tiles of 8 + 4 + 2 vectors and a tail of 3
         "cl-wide": ((3, 160, 5, 7), 1, torch.channels_last),
+        # C = 48: rows of 192 bytes, written in blocks of 8 rows (2,331 rows: a last block
+        # of 3, and the threads' split inside a block)
+        "cl-48": ((37, 48, 7, 9), 1, torch.channels_last),
         "ncl": ((3, 6, 13), 1, None),
         "ncdhw": ((2, 3, 3, 5, 7), 1, None),
         "cl3d": ((2, 3, 3, 5, 7), 1, torch.channels_last_3d),
@@ -95,6 +98,7 @@ LAYOUTS = [
     "2d-big",
     "2d-wide",
     "cl-wide",
+    "cl-48",
     "ncl",
     "ncdhw",
     "cl3d",
