@@ -821,8 +821,8 @@ void backward_reduce(const T* dy, const T* x, int64_t outer, int64_t C, int64_t 
 // its time in alignment peeling and remainder code, measured 1.1-1.3 copy times against 0.9
 // for the planar runs. Row by row, the per-channel constants were loaded again for every row:
 // at C = 32 that is four loads per vector of data, and the channels-last 8x32x112x112
-// normalize took 1.13-1.22 copy times, 1.12-1.39 on AVX2; in blocks of 8 rows, 1.07-1.08 and
-// 1.06-1.09.)
+// normalize took 1.11-1.19 copy times, 1.12-1.39 on AVX2; in blocks of 8 rows, 1.06-1.09 on
+// both.)
 constexpr int64_t kRowBlock = 8;
 // Blocks of rows only where rows are short (up to 256 bytes): with long rows a block's vectors
 // of one channel group sit a row apart (at C = 1024 float32, 4 KiB, where a load of x can alias
