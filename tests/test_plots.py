@@ -68,3 +68,24 @@ def test_curve_panels_share_one_epoch_range(tmp_path, kept):
     train_ax, test_ax = kept[0].axes[:2]
     assert train_ax.get_xlim() == test_ax.get_xlim()
     assert train_ax.get_xlim()[0] <= 0.0
+
+
+def test_bar_axis_label_fits_in_the_figure(tmp_path, kept):
+    """lr_lenet.png's case: bars from 45% to 99%, so the axis starts above 0 and says so; the
+    y label stays inside the figure and clear of the footnote, after the layout of _save."""
+    table = {
+        "x1": {"without BN": [_run(a) for a in (0.39, 0.43, 0.55)], "with BN": [_run(0.97)]},
+        "x30": {"without BN": [_run(0.974)], "with BN": [_run(0.986)]},
+    }
+    plots.plot_bars(table, tmp_path / "bars.png", title="t", xlabel="learning rate")
+    fig = kept[0]
+    fig.tight_layout()  # as _save does
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    label = fig.axes[0].yaxis.label
+    assert "axis from" in label.get_text()
+    box = label.get_window_extent(renderer)
+    page = fig.bbox
+    assert page.y0 <= box.y0 and box.y1 <= page.y1 and page.x0 <= box.x0, (box, page)
+    (footnote,) = fig.texts
+    assert not box.overlaps(footnote.get_window_extent(renderer))

@@ -381,7 +381,9 @@ def plot_bars(
     else:
         lo, hi = (max(0.0, min(allv) - 5), 100.0) if allv else (0.0, 100.0)
     ax.set_ylim(lo, hi + (hi - lo) * 0.12)  # room for the value labels
-    ax.set(xlabel=xlabel, ylabel=ylabel + (f"; axis from {lo:.0f}, not 0" if lo > 0 else ""))
+    # Where the axis starts goes on a line of its own: on one line with the label it ran past
+    # the top of a 4-inch figure (lr_lenet.png).
+    ax.set(xlabel=xlabel, ylabel=ylabel + (f"\n(axis from {lo:.0f}, not 0)" if lo > 0 else ""))
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
