@@ -1,4 +1,5 @@
-"""The figures' bar labels: each value label clears its bar's min-max whisker."""
+"""The figures' labels: each value label clears its bar's min-max whisker, the y label fits in the
+figure, and curve panels share one x range."""
 
 import matplotlib
 
